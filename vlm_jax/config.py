@@ -1,0 +1,300 @@
+"""Typed configuration: dataclass schema, YAML load with `base:` inheritance, `key=value` overrides.
+
+Every error names the offending key (dotted path) so a bad config fails before anything compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file and/or key."""
+
+
+# ----------------------------------------------------------------------------- model schema
+
+
+@dataclass
+class VisionConfig:
+    kind: str = "clip"  # clip | siglip
+    image_size: int = 336
+    patch_size: int = 14
+    num_channels: int = 3
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "quick_gelu"  # quick_gelu | gelu_pytorch_tanh | gelu
+    select_layer: int = -2  # index into hidden states (0 = embeddings), as LLaVA's mm_vision_select_layer
+    select_feature: str = "patch"  # patch | cls_patch
+    image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.kind == "clip"
+
+    @property
+    def num_feature_tokens(self) -> int:
+        extra = 1 if (self.has_class_token and self.select_feature == "cls_patch") else 0
+        return self.num_patches + extra
+
+
+@dataclass
+class ProjectorConfig:
+    type: str = "mlp2x_gelu"  # linear | mlpNx_gelu | identity | (ldpnet | mlp_downsample | multiscale-pool)
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: Optional[int] = None  # None = num_heads (MHA)
+    head_dim: Optional[int] = None  # None = hidden_size // num_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # None, or {"rope_type": "linear"|"llama3", "factor": ..., "low_freq_factor": ...,
+    #  "high_freq_factor": ..., "original_max_position_embeddings": ...}
+    rope_scaling: Optional[dict] = None
+    max_position_embeddings: int = 4096
+    qkv_bias: bool = False  # Qwen2
+    tie_embeddings: bool = False  # Qwen2 small models
+    hidden_act: str = "silu"
+    bos_token_id: Optional[int] = 1
+    eos_token_id: Optional[int] = 2
+    pad_token_id: Optional[int] = 0
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    # Placeholder id marking image positions in `tokens`. HF LLaVA: the `<image>` token's id in the
+    # vocabulary; original LLaVA: the sentinel -200 (outside the vocabulary).
+    image_token_id: int = -200
+    dtype: str = "float32"  # compute dtype (bfloat16 on accelerators)
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat_policy: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+    attention: str = "xla"  # xla (reference einsum) | dot_product (jax.nn.dot_product_attention)
+
+
+# ----------------------------------------------------------------------------- root schema
+
+
+@dataclass
+class MeshConfig:
+    data: int = -1  # -1 = fill with the remaining devices
+    fsdp: int = 1
+    tensor: int = 1
+    # logical axis name -> mesh axis (or list of mesh axes, or null = replicated)
+    rules: dict = field(
+        default_factory=lambda: {
+            "batch": ["data", "fsdp"],
+            "embed": "fsdp",
+            "vocab": "tensor",
+            "mlp": "tensor",
+            "heads": "tensor",
+            "kv_heads": "tensor",
+            "head_dim": None,
+            "layers": None,
+            "norm": None,
+            "length": None,
+        }
+    )
+
+
+# ----------------------------------------------------------------------------- loading machinery
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert `value` against the annotation `tp`; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected a bool, got {type(value).__name__} {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an int, got {type(value).__name__} {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a float, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key '{where}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain YAML-able python (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursively merge mappings; `override` wins, nested mappings merge, lists are replaced."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml(path: str, _seen: Optional[set] = None) -> dict:
+    """Read a YAML config, resolving `base:` (a path or list of paths relative to the file)."""
+    path = os.path.abspath(path)
+    _seen = set() if _seen is None else _seen
+    if path in _seen:
+        raise ConfigError(f"{path}: circular `base:` inheritance")
+    _seen = _seen | {path}
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    merged: dict = {}
+    for b in [bases] if isinstance(bases, str) else bases:
+        merged = deep_merge(merged, load_yaml(os.path.join(os.path.dirname(path), b), _seen))
+    return deep_merge(merged, data)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], yaml-parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    out = dict(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        nested: Any = value
+        for part in reversed(path):
+            nested = {part: nested}
+        out = deep_merge(out, nested)
+    return out
+
+
+def load(cls: type, path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Any:
+    """Load dataclass `cls` from YAML `path` (or defaults) with `key=value` overrides."""
+    data = load_yaml(path) if path else {}
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def dump_yaml(obj: Any, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(obj), f, sort_keys=False, allow_unicode=True)
+
+
+def load_model_config(path: str) -> ModelConfig:
+    """Read a model config YAML (as stored in checkpoints: the ModelConfig mapping itself)."""
+    return load(ModelConfig, path)
