@@ -104,6 +104,51 @@ class ModelConfig:
     attention: str = "xla"  # xla (reference einsum) | dot_product (jax.nn.dot_product_attention)
 
 
+# ----------------------------------------------------------------------------- data schema
+
+
+@dataclass
+class DataSourceConfig:
+    path: str = ""  # a file, a glob, or a directory of *.array_record shards
+    format: str = "auto"  # auto (by extension) | llava_json | jsonl | array_record
+    image_folder: str = ""  # image paths in records are relative to this (JSON/JSONL only)
+    # Mixture weight. All None = concatenate the sources; otherwise every source needs one and the
+    # mix follows the weights exactly (an epoch ends when the first source is used up).
+    weight: Optional[float] = None
+    name: str = ""  # label for stats / per-source eval (e.g. a language code); default: file stem
+    max_examples: Optional[int] = None  # use only the first n records (before shuffling)
+
+
+@dataclass
+class ImageConfig:
+    aspect: str = "pad"  # pad (LLaVA expand2square with the mean colour) | resize | crop (CLIP)
+    image_size: Optional[int] = None  # None = model.vision.image_size
+    mean: Optional[tuple[float, ...]] = None  # padding colour / normalisation; None = model.vision
+    std: Optional[tuple[float, ...]] = None
+    tiling: str = "none"  # none (K=1) | 2x2 (global view + 2x2 tiles, K=5: global first, row-major)
+    resample: str = "bicubic"  # bicubic | bilinear
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSourceConfig] = field(default_factory=list)
+    eval_sources: list[DataSourceConfig] = field(default_factory=list)
+    template: str = "vicuna_v1"
+    tokenizer: str = ""  # tokenizer folder or SentencePiece .model
+    seq_len: int = 2048  # L: tokens per row (images count as their N placeholders)
+    max_images: int = 1  # M: image slots per row
+    packing: bool = True  # false = one example per row, padded to L
+    pack_window: int = 64  # open rows the packer fills best-fit before emitting the fullest
+    image: ImageConfig = field(default_factory=ImageConfig)
+    too_long: str = "truncate"  # truncate | drop (samples longer than seq_len)
+    strict: bool = False  # true = bad input raises (naming file and record id) instead of skip+count
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: Optional[int] = None  # None = repeat forever
+    num_workers: int = 4  # threads parsing / decoding / tokenizing
+    prefetch: int = 64  # examples decoded ahead
+
+
 # ----------------------------------------------------------------------------- root schema
 
 
@@ -127,6 +172,108 @@ class MeshConfig:
             "length": None,
         }
     )
+
+
+# ----------------------------------------------------------------------------- training schema
+
+
+@dataclass
+class OptimizerConfig:
+    learning_rate: float = 2e-5  # peak LR of every trainable group without its own entry in group_lr
+    group_lr: dict = field(default_factory=dict)  # group -> peak LR, e.g. {projector: 2.0e-5} (mm_projector_lr)
+    schedule: str = "cosine"  # cosine | linear | constant (all after linear warmup)
+    warmup_ratio: float = 0.03
+    warmup_steps: int = -1  # >= 0 overrides warmup_ratio
+    min_lr_ratio: float = 0.0  # final LR as a fraction of the peak
+    weight_decay: float = 0.0  # not applied to biases and norm scales
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # global-norm clipping; <= 0 disables
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    keep: int = 3  # keep the last K checkpoints
+    async_save: bool = True
+    export_final: bool = True  # write <run_dir>/final as a model checkpoint folder at the end
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0  # 0 = no periodic evaluation
+    num_batches: int = 10  # held-out batches per evaluation
+    at_end: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 1
+    progress_bar: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "vlm-jax"
+    peak_flops_per_device: float = 0.0  # for MFU; 0 = look up from the device kind
+
+
+@dataclass
+class FakeDataConfig:
+    """Deterministic random batches instead of the data pipeline (tests, benchmarks, planning)."""
+
+    enabled: bool = False
+    seq_len: int = 64
+    max_images: int = 1
+    image_fraction: float = 0.75  # share of rows with an image
+    segments_per_row: int = 2
+
+
+@dataclass
+class TrainConfig:
+    trainable: list[str] = field(default_factory=lambda: ["projector", "decoder"])  # vision|projector|decoder|lora
+    global_batch_size: int = 128  # rows per optimizer step, over all hosts
+    grad_accum_steps: int = 1  # micro-batches per step (inside the jitted step)
+    num_steps: int = -1  # -1 = num_epochs over the training data
+    num_epochs: float = 1.0
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    z_loss: float = 0.0
+    loss_vocab_chunk: int = 0  # > 0: cross-entropy from hidden states, lm_head applied in vocab chunks
+    nan_policy: str = "stop"  # stop (keep the last good state, save it, exit 1) | skip (drop the update)
+    init_from: Optional[str] = None  # model checkpoint folder or an earlier run dir
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    fake_data: FakeDataConfig = field(default_factory=FakeDataConfig)
+
+
+@dataclass
+class DistributedConfig:
+    """Multi-host: auto-detected on TPU pods and SLURM, or an explicit coordinator."""
+
+    coordinator_address: Optional[str] = None  # host:port of process 0
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+
+
+if "DataConfig" not in globals():
+
+    @dataclass
+    class DataConfig:  # placeholder until the data pipeline's schema lands
+        train_files: list[str] = field(default_factory=list)
+        eval_files: list[str] = field(default_factory=list)
+        max_length: int = 2048
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # noqa: F821 (defined by the data section)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    run_dir: str = "runs/default"
+    seed: int = 0
+    name: str = ""
 
 
 # ----------------------------------------------------------------------------- loading machinery

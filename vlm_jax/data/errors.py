@@ -1,0 +1,38 @@
+"""Bad-input handling: a skipped example carries a reason; strict mode turns it into an error."""
+
+from __future__ import annotations
+
+# Every reason an example can be skipped for (stats keys are stable; tests and dashboards use them).
+REASONS = (
+    "malformed_record",  # unparseable JSON line / record, or wrong field types
+    "empty_conversation",
+    "bad_role_order",  # roles not human, gpt, human, gpt, ...
+    "image_tag_mismatch",  # number of <image> tags != number of images
+    "too_many_images",  # more images than the row's image budget M
+    "unsafe_image_path",  # image path escapes the image folder
+    "missing_image",
+    "not_an_image",  # the file is not an image PIL can identify
+    "corrupt_image",  # identified but fails to decode
+    "too_long",  # longer than seq_len with too_long=drop
+    "no_supervised_tokens",  # nothing to learn from (e.g. truncated away)
+    "template_error",  # the chat template rejected the conversation
+)
+
+
+class DataError(ValueError):
+    """Raised in strict mode (and for unusable sources); names the file and record id."""
+
+
+class SkipExample(Exception):
+    """Raised inside example processing; the pipeline counts it under `reason`."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def describe(file: str, row: int, record_id, reason: str, detail: str) -> str:
+    rid = f"id {record_id!r}" if record_id is not None else "no id"
+    return f"{file}: record {row} ({rid}): {reason}" + (f": {detail}" if detail else "")

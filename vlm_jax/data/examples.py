@@ -1,0 +1,127 @@
+"""One raw record -> one model-ready example (tokens with image placeholders, label mask, crops).
+
+Runs in the pipeline's worker threads. Every problem raises `SkipExample(reason)`; the cheap checks
+(structure, roles, tags, length) come before the expensive one (image decoding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from vlm_jax.data import images as img_lib
+from vlm_jax.data.errors import SkipExample
+from vlm_jax.data.sources import RawRecord, parse_record
+
+IMAGE_TAG = "<image>"
+IMAGE_MARKER = -200  # what templates.encode emits for each <image>
+_ROLES = ("human", "gpt")
+
+# (conversations) -> (tokens int32[T] with IMAGE_MARKER per image, label_mask bool[T])
+EncodeFn = Callable[[list], tuple]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSpec:
+    seq_len: int
+    max_images: int
+    tokens_per_image: int  # N
+    image_token_id: int
+    too_long: str = "truncate"  # truncate | drop
+    aspect: str = "pad"
+    image_size: int = 336
+    mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073)
+    tiling: str = "none"
+    resample: str = "bicubic"
+
+
+def check_conversation(conv: list) -> None:
+    if not conv or all(not t["value"].strip() for t in conv):
+        raise SkipExample("empty_conversation")
+    for i, turn in enumerate(conv):
+        if turn["from"] != _ROLES[i % 2]:
+            raise SkipExample("bad_role_order", f"turn {i} is from {turn['from']!r}, expected {_ROLES[i % 2]!r}")
+
+
+def expand_images(tokens: np.ndarray, label_mask: np.ndarray, n: int, image_token_id: int):
+    """Replace every IMAGE_MARKER by n copies of image_token_id (unsupervised).
+
+    Returns tokens, label_mask and the start position of every image run."""
+    where = np.flatnonzero(tokens == IMAGE_MARKER)
+    if len(where) == 0:
+        return tokens, label_mask, np.zeros(0, np.int64)
+    counts = np.where(tokens == IMAGE_MARKER, n, 1)
+    out_tokens = np.repeat(np.where(tokens == IMAGE_MARKER, image_token_id, tokens), counts).astype(np.int32)
+    out_mask = np.repeat(label_mask & (tokens != IMAGE_MARKER), counts)
+    starts = np.cumsum(counts)[where] - n
+    return out_tokens, out_mask, starts
+
+
+def truncate(tokens, label_mask, starts, n: int, seq_len: int):
+    """Cut to seq_len without splitting an image run; returns tokens, mask, number of images kept."""
+    cut = seq_len
+    kept = int(np.sum(starts + n <= cut))
+    if kept < len(starts):
+        cut = min(cut, int(starts[kept]))
+    return tokens[:cut], label_mask[:cut], kept
+
+
+def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
+    """RawRecord -> {"tokens", "label_mask", "images" [n,K,S,S,3] uint8, "id", "truncated"}."""
+    rec = parse_record(raw)
+    check_conversation(rec.conversations)
+    n_tags = sum(t["value"].count(IMAGE_TAG) for t in rec.conversations)
+    n_images = len(rec.image_bytes) if rec.image_bytes is not None else len(rec.image_paths)
+    if n_tags != n_images:
+        raise SkipExample("image_tag_mismatch", f"{n_tags} <image> tags, {n_images} images")
+    if rec.image_bytes is None:
+        for p in rec.image_paths:  # before tokenizing: cheap and a security check
+            img_lib.resolve_path(raw.image_folder, p)
+    try:
+        enc = encode(rec.conversations)
+    except (ValueError, KeyError, AssertionError) as e:
+        raise SkipExample("template_error", str(e)) from None
+    tokens = np.asarray(enc[0], np.int64)
+    label_mask = np.asarray(enc[1], bool)
+    if int(np.sum(tokens == IMAGE_MARKER)) != n_images:
+        raise SkipExample("template_error", "the template changed the number of <image> markers")
+
+    n = spec.tokens_per_image
+    tokens, label_mask, starts = expand_images(tokens, label_mask, n, spec.image_token_id)
+    truncated = len(tokens) > spec.seq_len
+    if truncated:
+        if spec.too_long == "drop":
+            raise SkipExample("too_long", f"{len(tokens)} tokens > seq_len {spec.seq_len}")
+        tokens, label_mask, n_images = truncate(tokens, label_mask, starts, n, spec.seq_len)
+    if len(tokens) < 2 or not label_mask[1:].any():
+        raise SkipExample("no_supervised_tokens", "after truncation" if truncated else "")
+    if n_images > spec.max_images:
+        raise SkipExample("too_many_images", f"{n_images} images > max_images {spec.max_images}")
+
+    k = img_lib.num_crops(spec.tiling)
+    pixels = np.zeros((n_images, k, spec.image_size, spec.image_size, 3), np.uint8)
+    for j in range(n_images):
+        if rec.image_bytes is not None:
+            data, name = rec.image_bytes[j], rec.image_paths[j] if j < len(rec.image_paths) else f"image {j}"
+        else:
+            name = rec.image_paths[j]
+            data = img_lib.read_file(raw.image_folder, name)
+        pil = img_lib.decode(data, name)
+        pixels[j] = img_lib.crops(pil, spec.aspect, spec.image_size, spec.mean, spec.tiling, spec.resample)
+    return {
+        "tokens": tokens.astype(np.int32),
+        "label_mask": label_mask,
+        "images": pixels,
+        "id": rec.id,
+        "truncated": truncated,
+    }
+
+
+def record_id(raw: RawRecord) -> Optional[object]:
+    """Best-effort id for error messages (the record may be unparseable)."""
+    try:
+        return parse_record(raw).id
+    except SkipExample:
+        return None

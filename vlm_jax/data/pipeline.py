@@ -1,0 +1,173 @@
+"""The Grain input pipeline: sources -> mix -> shuffle -> repeat -> shard -> examples -> pack -> batch.
+
+    loader = make_loader(config, batch_size=8, tokens_per_image=VLM.tokens_per_image(config.model))
+    batch = next(loader)               # DESIGN.md batch dict of host-local numpy arrays
+    state = loader.get_state()         # JSON-serialisable; store it in the checkpoint
+    loader.set_state(state)            # continues with exactly the batches that would have followed
+    loader.stats()                     # {"examples", "skipped_examples", "skipped_by_reason", ...}
+
+Everything before packing is a Grain MapDataset (random access, so the packer can re-read the
+examples of its open rows on restore); parsing/decoding/tokenizing run in `num_workers` threads.
+Sharding happens after shuffle+repeat: all processes share one global order and process p takes
+positions p, p+P, ..., so each record is read by exactly one process per epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import grain
+import numpy as np
+
+from vlm_jax.config import DataConfig, DataSourceConfig
+from vlm_jax.data import examples as ex_lib
+from vlm_jax.data import images as img_lib
+from vlm_jax.data.errors import DataError, SkipExample, describe
+from vlm_jax.data.packing import PackIterDataset, empty_stats
+from vlm_jax.data.sources import RawRecord, open_source
+
+
+def default_encode(cfg: DataConfig, tokenizer=None) -> ex_lib.EncodeFn:
+    """templates.encode with the configured template and tokenizer."""
+    from vlm_jax.data import templates  # noqa: PLC0415 (written in parallel; import late)
+
+    if tokenizer is None:
+        from vlm_jax.tokenizer import load_tokenizer  # noqa: PLC0415
+
+        if not cfg.tokenizer:
+            raise DataError("data.tokenizer is not set")
+        tokenizer = load_tokenizer(cfg.tokenizer)
+
+    def encode(conversations):
+        enc = templates.encode(conversations, cfg.template, tokenizer)
+        return enc.tokens, enc.label_mask
+
+    return encode
+
+
+def _source_datasets(sources: Sequence[DataSourceConfig]) -> list[grain.MapDataset]:
+    out = []
+    for s in sources:
+        ds = grain.MapDataset.source(open_source(s))
+        if s.max_examples is not None:
+            ds = ds[: s.max_examples]
+        if len(ds) == 0:
+            raise DataError(f"{s.path}: data source is empty")
+        out.append(ds)
+    return out
+
+
+def record_dataset(sources: Sequence[DataSourceConfig], *, shuffle: bool, seed: int,
+                   num_epochs: Optional[int], process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+    """The global record order (mixed, shuffled, repeated), then this process's slice of it."""
+    if not sources:
+        raise DataError("no data sources configured")
+    dss = _source_datasets(sources)
+    weights = [s.weight for s in sources]
+    if all(w is None for w in weights):
+        ds = grain.MapDataset.concatenate(dss) if len(dss) > 1 else dss[0]
+        if shuffle:
+            ds = ds.shuffle(seed=seed)
+    else:
+        if any(w is None or w <= 0 for w in weights):
+            raise DataError("mixture: give every source a positive weight (or none at all)")
+        if shuffle:  # shuffle the components, not the mix, so the proportions hold in every window
+            dss = [d.shuffle(seed=seed + i) for i, d in enumerate(dss)]
+        ds = grain.MapDataset.mix(dss, weights)
+    ds = ds.repeat(num_epochs)
+    if process_count > 1:
+        ds = ds[process_index::process_count]
+    return ds
+
+
+def _tagged(raw: RawRecord, fn) -> dict:
+    try:
+        return fn(raw)
+    except SkipExample as e:
+        rid = ex_lib.record_id(raw)
+        return {"skip": e.reason, "message": describe(raw.file, raw.row, rid, e.reason, e.detail)}
+
+
+class DataLoader:
+    """Iterator of packed batches with checkpointable state and skip statistics."""
+
+    def __init__(self, cfg: DataConfig, *, batch_size: int, tokens_per_image: int, image_token_id: int,
+                 image_size: int, image_mean: Sequence[float], encode: Optional[ex_lib.EncodeFn] = None,
+                 tokenizer=None, process_index: int = 0, process_count: int = 1, split: str = "train",
+                 sources: Optional[Sequence[DataSourceConfig]] = None):
+        if cfg.too_long not in ("truncate", "drop"):
+            raise DataError(f"data.too_long must be truncate or drop, got {cfg.too_long!r}")
+        if cfg.image.aspect not in img_lib.ASPECTS:
+            raise DataError(f"data.image.aspect must be one of {img_lib.ASPECTS}, got {cfg.image.aspect!r}")
+        self.batch_size = batch_size
+        self.spec = ex_lib.ExampleSpec(
+            seq_len=cfg.seq_len, max_images=cfg.max_images, tokens_per_image=tokens_per_image,
+            image_token_id=image_token_id, too_long=cfg.too_long, aspect=cfg.image.aspect,
+            image_size=image_size, mean=tuple(image_mean), tiling=cfg.image.tiling, resample=cfg.image.resample)
+        self.image_shape = (img_lib.num_crops(cfg.image.tiling), image_size, image_size, 3)
+        encode = encode or default_encode(cfg, tokenizer)
+        train = split == "train"
+        if sources is None:
+            sources = cfg.sources if train else cfg.eval_sources
+        records = record_dataset(
+            sources, shuffle=cfg.shuffle and train, seed=cfg.seed, num_epochs=cfg.num_epochs if train else 1,
+            process_index=process_index, process_count=process_count)
+        spec = self.spec
+        self.examples = records.map_with_index(
+            lambda i, raw: {**_tagged(raw, lambda r: ex_lib.build_example(r, encode, spec)), "index": i})
+        read = grain.ReadOptions(num_threads=max(1, cfg.num_workers), prefetch_buffer_size=max(1, cfg.prefetch))
+        window, max_segments = (cfg.pack_window, None) if cfg.packing else (1, 1)
+        self.rows = PackIterDataset(
+            self.examples.to_iter_dataset(read), self.examples.__getitem__, seq_len=cfg.seq_len,
+            max_images=cfg.max_images, image_shape=self.image_shape, window=window,
+            max_segments=max_segments, strict=cfg.strict)
+        self._it = iter(self.rows)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        rows = []
+        for _ in range(self.batch_size):
+            try:
+                rows.append(next(self._it))
+            except StopIteration:
+                break
+        if not rows:
+            raise StopIteration
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        if len(rows) < self.batch_size:  # last batch of a finite run: pad with empty rows
+            pad = self.batch_size - len(rows)
+            batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        return batch
+
+    def get_state(self) -> dict:
+        return self._it.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._it.set_state(state)
+
+    def stats(self) -> dict:
+        """Counts since the start of the run (restored with the state)."""
+        return self._it.stats()
+
+
+def make_loader(config: Any, *, batch_size: int, tokens_per_image: int, process_index: Optional[int] = None,
+                process_count: Optional[int] = None, split: str = "train", tokenizer=None,
+                encode: Optional[ex_lib.EncodeFn] = None, sources=None) -> DataLoader:
+    """Loader from the root Config (`config.data`, `config.model`); `batch_size` is per process.
+
+    `tokens_per_image` is N, `VLM.tokens_per_image(config.model)`."""
+    if process_index is None or process_count is None:
+        import jax  # noqa: PLC0415
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    data, model = config.data, config.model
+    return DataLoader(
+        data, batch_size=batch_size, tokens_per_image=tokens_per_image, image_token_id=model.image_token_id,
+        image_size=data.image.image_size or model.vision.image_size,
+        image_mean=data.image.mean or model.vision.image_mean, encode=encode, tokenizer=tokenizer,
+        process_index=process_index, process_count=process_count, split=split, sources=sources)
+
+
+__all__ = ["DataLoader", "make_loader", "record_dataset", "default_encode", "empty_stats"]

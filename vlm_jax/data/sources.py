@@ -1,0 +1,222 @@
+"""Random-access record sources: LLaVA JSON lists, JSONL files and ArrayRecord shards.
+
+A source returns *raw* records (`RawRecord`); parsing and validation happen later, in the
+pipeline's worker threads, so that one bad record is skipped and counted instead of failing the
+whole file at open time. ArrayRecord records embed their image bytes (see `encode_record`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import glob
+import json
+import os
+import struct
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from vlm_jax.config import DataSourceConfig
+from vlm_jax.data.errors import DataError, SkipExample
+
+_MAGIC = b"VLMR"
+
+
+@dataclasses.dataclass
+class RawRecord:
+    file: str  # where the record lives (for error messages)
+    row: int  # its index inside that file
+    payload: Any  # dict (JSON list), bytes (JSONL line / ArrayRecord record)
+    image_folder: str = ""
+    source: str = ""  # source name (mixture component)
+
+
+@dataclasses.dataclass
+class Record:
+    """A parsed record: conversations plus either image paths or embedded image bytes."""
+
+    id: Any
+    conversations: list
+    image_paths: list[str]
+    image_bytes: Optional[list[bytes]] = None  # set for ArrayRecord records
+
+
+# ----------------------------------------------------------------------------- record codec
+
+
+def encode_record(record: dict, images: Sequence[bytes]) -> bytes:
+    """`VLMR` | u32 header length | JSON header | image bytes, back to back."""
+    header = {k: v for k, v in record.items() if k != "image"}
+    header["image_sizes"] = [len(b) for b in images]
+    blob = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    return b"".join([_MAGIC, struct.pack("<I", len(blob)), blob, *images])
+
+
+def decode_record(data: bytes) -> tuple[dict, list[bytes]]:
+    if data[:4] != _MAGIC or len(data) < 8:
+        raise SkipExample("malformed_record", "not a vlm_jax ArrayRecord record")
+    (n,) = struct.unpack("<I", data[4:8])
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SkipExample("malformed_record", f"bad header: {e}") from None
+    if not isinstance(header, dict):
+        raise SkipExample("malformed_record", "header is not an object")
+    sizes = header.pop("image_sizes", [])
+    images, off = [], 8 + n
+    for s in sizes:
+        images.append(bytes(data[off : off + s]))
+        off += s
+    if off != len(data):
+        raise SkipExample("malformed_record", "image bytes truncated")
+    return header, images
+
+
+def parse_record(raw: RawRecord) -> Record:
+    """RawRecord -> Record, raising SkipExample('malformed_record') on structural problems."""
+    embedded = None
+    payload = raw.payload
+    if isinstance(payload, (bytes, bytearray)):
+        if payload[:4] == _MAGIC:
+            payload, embedded = decode_record(bytes(payload))
+        else:
+            try:
+                payload = json.loads(payload)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise SkipExample("malformed_record", f"invalid JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise SkipExample("malformed_record", f"expected an object, got {type(payload).__name__}")
+    conv = payload.get("conversations")
+    if not isinstance(conv, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("from"), str) and isinstance(t.get("value"), str)
+        for t in conv
+    ):
+        raise SkipExample("malformed_record", "'conversations' must be a list of {from, value}")
+    image = payload.get("image")
+    if embedded is not None:
+        paths = list(payload.get("image_names", [""] * len(embedded)))
+    elif image is None:
+        paths = []
+    elif isinstance(image, str):
+        paths = [image]
+    elif isinstance(image, list) and all(isinstance(p, str) for p in image):
+        paths = list(image)
+    else:
+        raise SkipExample("malformed_record", "'image' must be a string or a list of strings")
+    return Record(payload.get("id"), conv, paths, embedded)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class LlavaJsonSource:
+    """A JSON list of LLaVA records, loaded into memory (as LLaVA itself does)."""
+
+    def __init__(self, path: str, image_folder: str = "", name: str = ""):
+        try:
+            with open(path, encoding="utf-8") as f:
+                self._records = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path}: cannot read LLaVA JSON: {e}") from None
+        if not isinstance(self._records, list):
+            raise DataError(f"{path}: LLaVA JSON must be a list of records")
+        self.path, self.image_folder, self.name = path, image_folder, name
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i: int) -> RawRecord:
+        return RawRecord(self.path, i, self._records[i], self.image_folder, self.name)
+
+
+class JsonlSource:
+    """One record per line; lines are indexed by byte offset and read on demand (thread-safe)."""
+
+    def __init__(self, path: str, image_folder: str = "", name: str = ""):
+        starts, ends, pos = [], [], 0
+        try:
+            with open(path, "rb") as f:
+                for line in f:
+                    if line.strip():
+                        starts.append(pos)
+                        ends.append(pos + len(line))
+                    pos += len(line)
+        except OSError as e:
+            raise DataError(f"{path}: cannot read JSONL: {e}") from None
+        self._starts = np.asarray(starts, np.int64)
+        self._ends = np.asarray(ends, np.int64)
+        self.path, self.image_folder, self.name = path, image_folder, name
+        self._fd: Optional[int] = None
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, i: int) -> RawRecord:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        s, e = int(self._starts[i]), int(self._ends[i])
+        return RawRecord(self.path, i, os.pread(self._fd, e - s, s), self.image_folder, self.name)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None}
+
+
+class ArrayRecordSource:
+    """ArrayRecord shards written by `train.prepare_data` (image bytes embedded)."""
+
+    def __init__(self, paths: Sequence[str], name: str = ""):
+        import grain  # noqa: PLC0415 (heavy import, only when used)
+        from array_record.python.array_record_module import ArrayRecordReader  # noqa: PLC0415
+
+        if not paths:
+            raise DataError("ArrayRecord source has no files")
+        counts = []
+        for p in paths:
+            r = ArrayRecordReader(p)
+            counts.append(r.num_records())
+            r.close()
+        self._cum = np.cumsum([0] + counts)
+        self._paths, self.name = list(paths), name
+        self._ds = grain.sources.ArrayRecordDataSource(self._paths)
+
+    def __len__(self) -> int:
+        return int(self._cum[-1])
+
+    def __getitem__(self, i: int) -> RawRecord:
+        f = bisect.bisect_right(self._cum, i) - 1
+        return RawRecord(self._paths[f], i - int(self._cum[f]), self._ds[i], "", self.name)
+
+
+def _detect_format(path: str) -> str:
+    if os.path.isdir(path) or ".array_record" in path:
+        return "array_record"
+    if path.endswith(".jsonl"):
+        return "jsonl"
+    if path.endswith(".json"):
+        return "llava_json"
+    raise DataError(f"{path}: cannot tell the format from the name; set format:")
+
+
+def open_source(cfg: DataSourceConfig):
+    """DataSourceConfig -> a random-access source of RawRecords (len / getitem)."""
+    if not cfg.path:
+        raise DataError("data source without a path")
+    fmt = _detect_format(cfg.path) if cfg.format == "auto" else cfg.format
+    name = cfg.name or os.path.splitext(os.path.basename(cfg.path.rstrip("/")))[0]
+    if fmt == "array_record":
+        if os.path.isdir(cfg.path):
+            paths = sorted(glob.glob(os.path.join(cfg.path, "*.array_record*")))
+        else:
+            paths = sorted(glob.glob(cfg.path))
+        if not paths:
+            raise DataError(f"{cfg.path}: no ArrayRecord files found")
+        src = ArrayRecordSource(paths, name)
+    elif fmt in ("llava_json", "jsonl"):
+        if not os.path.isfile(cfg.path):
+            raise DataError(f"{cfg.path}: data file not found")
+        cls = LlavaJsonSource if fmt == "llava_json" else JsonlSource
+        src = cls(cfg.path, cfg.image_folder, name)
+    else:
+        raise DataError(f"{cfg.path}: unknown data format {fmt!r} (llava_json | jsonl | array_record)")
+    return src
