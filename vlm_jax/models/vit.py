@@ -1,0 +1,96 @@
+"""CLIP and SigLIP vision towers (HF CLIPVisionModel / SiglipVisionModel numerics).
+
+Only the layers up to `select_layer` are held and run: LLaVA reads hidden_states[select_layer], so a
+CLIP tower with select_layer=-2 has num_layers-1 layers here (the converter keeps the rest aside).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vlm_jax.config import VisionConfig
+from vlm_jax.models.attention import attention
+from vlm_jax.models.layers import activation, dense, kernel_init, layer_norm, maybe_remat
+
+
+def num_layers_used(cfg: VisionConfig) -> int:
+    """hidden_states index LLaVA selects (0 = embeddings, i = after layer i)."""
+    idx = cfg.select_layer if cfg.select_layer >= 0 else cfg.num_layers + 1 + cfg.select_layer
+    if not 0 <= idx <= cfg.num_layers:
+        raise ValueError(f"vision.select_layer={cfg.select_layer} is out of range for {cfg.num_layers} layers")
+    return idx
+
+
+class EncoderLayer(nn.Module):
+    cfg: VisionConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _=None):
+        c = self.cfg
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        b, t, d = x.shape
+        hd = d // c.num_heads
+        h = layer_norm(c.layer_norm_eps, name="layer_norm1", **kw)(x)
+        q = dense(d, ("embed", "heads"), name="q_proj", **kw)(h).reshape(b, t, c.num_heads, hd)
+        k = dense(d, ("embed", "heads"), name="k_proj", **kw)(h).reshape(b, t, c.num_heads, hd)
+        v = dense(d, ("embed", "heads"), name="v_proj", **kw)(h).reshape(b, t, c.num_heads, hd)
+        full = jnp.ones((b, t, t), dtype=bool)
+        o = attention(q, k, v, full).reshape(b, t, d)
+        x = x + dense(d, ("heads", "embed"), name="out_proj", **kw)(o)
+        h = layer_norm(c.layer_norm_eps, name="layer_norm2", **kw)(x)
+        h = dense(c.intermediate_size, ("embed", "mlp"), name="fc1", **kw)(h)
+        h = dense(d, ("mlp", "embed"), name="fc2", **kw)(activation(c.hidden_act)(h))
+        return x + h, None
+
+
+class VisionTower(nn.Module):
+    """pixels [N, H, W, 3] (normalised float) -> features [N, T, C] of the selected layer."""
+
+    cfg: VisionConfig
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    remat_policy: str = "none"
+
+    @nn.compact
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        c = self.cfg
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.Conv(
+            c.hidden_size,
+            kernel_size=(c.patch_size, c.patch_size),
+            strides=(c.patch_size, c.patch_size),
+            padding="VALID",
+            use_bias=c.kind == "siglip",
+            kernel_init=kernel_init(None, None, None, "embed"),
+            precision=jax.lax.Precision.HIGHEST if jnp.dtype(self.dtype) == jnp.float32 else None,
+            name="patch_embedding",
+            **kw,
+        )(pixels.astype(self.dtype))
+        n = x.shape[0]
+        x = x.reshape(n, -1, c.hidden_size)
+        if c.has_class_token:
+            cls = self.param("class_embedding", kernel_init("embed"), (c.hidden_size,), self.param_dtype)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, c.hidden_size)), x], axis=1)
+        pos = self.param("position_embedding", kernel_init(None, "embed"), (x.shape[1], c.hidden_size), self.param_dtype)
+        x = x + pos.astype(self.dtype)[None]
+        if c.kind == "clip":
+            x = layer_norm(c.layer_norm_eps, name="pre_layernorm", **kw)(x)
+        n_layers = num_layers_used(c)
+        if n_layers:
+            layer = maybe_remat(EncoderLayer, self.remat_policy)
+            x, _ = nn.scan(
+                layer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                length=n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(c, name="layers", **kw)(x, None)
+        if c.has_class_token and c.select_feature == "patch":
+            x = x[:, 1:]
+        elif c.select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"vision.select_feature must be patch or cls_patch, got '{c.select_feature}'")
+        return x
