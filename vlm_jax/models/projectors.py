@@ -21,8 +21,9 @@ from vlm_jax.models.layers import dense
 
 @dataclass(frozen=True)
 class ProjectorSpec:
-    build: Callable[[ModelConfig, jnp.dtype, jnp.dtype], nn.Module]
+    build: Callable[..., nn.Module]  # (cfg, dtype, param_dtype, name) -> module
     tokens_out: Callable[[ModelConfig], int]
+    crops: Callable[[ModelConfig], int] = lambda cfg: 1
 
 
 _REGISTRY: dict[str, ProjectorSpec] = {}
@@ -54,6 +55,11 @@ def build_projector(cfg: ModelConfig, dtype, param_dtype, name: str = "projector
 
 def tokens_per_image(cfg: ModelConfig) -> int:
     return get_spec(cfg.projector.type).tokens_out(cfg)
+
+
+def crops_per_image(cfg: ModelConfig) -> int:
+    """K: views of each image the projector consumes (1, or a global view + tiles)."""
+    return get_spec(cfg.projector.type).crops(cfg)
 
 
 def _single_crop(features: jax.Array) -> jax.Array:
@@ -113,3 +119,26 @@ def _identity(cfg, dt, pdt, name):
 register("linear", _mlp_spec(1))
 register("identity", ProjectorSpec(build=_identity, tokens_out=_same_count))
 register_pattern(r"mlp(\d+)x_gelu", lambda m: _mlp_spec(int(m.group(1))))
+
+
+def _register_grid_projectors() -> None:
+    from vlm_jax.models.grid_projectors import DownsampleProjector, MultiscalePoolProjector, downsample_tokens
+    from vlm_jax.models.ldp import LDPProjector, ldp_tokens
+
+    out = lambda cfg: cfg.decoder.hidden_size  # noqa: E731
+    register("ldpnet", ProjectorSpec(
+        build=lambda cfg, dt, pdt, name: LDPProjector(out(cfg), dt, pdt, name=name),
+        tokens_out=lambda cfg: ldp_tokens(cfg.vision.num_feature_tokens),
+    ))
+    register("mlp_downsample", ProjectorSpec(
+        build=lambda cfg, dt, pdt, name: DownsampleProjector(out(cfg), dt, pdt, name=name),
+        tokens_out=lambda cfg: downsample_tokens(cfg.vision.num_feature_tokens),
+    ))
+    register("multiscale-pool", ProjectorSpec(
+        build=lambda cfg, dt, pdt, name: MultiscalePoolProjector(out(cfg), cfg.projector.multi_scale, dt, pdt, name=name),
+        tokens_out=_same_count,
+        crops=lambda cfg: 1 + cfg.projector.multi_scale**2,
+    ))
+
+
+_register_grid_projectors()

@@ -44,6 +44,10 @@ class VLM(nn.Module):
     def tokens_per_image(cfg: ModelConfig) -> int:
         return projectors.tokens_per_image(cfg)
 
+    @staticmethod
+    def crops_per_image(cfg: ModelConfig) -> int:
+        return projectors.crops_per_image(cfg)
+
     def encode_images(self, images: jax.Array) -> jax.Array:
         """uint8 [B, M, K, H, W, 3] -> projected features [B, M * N, D]."""
         b, m, k, h, w, ch = images.shape
@@ -86,7 +90,7 @@ class VLM(nn.Module):
             "tokens": jnp.asarray(tokens),
             "positions": jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (batch_size, length)),
             "segment_ids": jnp.ones((batch_size, length), jnp.int32),
-            "images": jnp.zeros((batch_size, 1, 1, size, size, 3), jnp.uint8),
+            "images": jnp.zeros((batch_size, 1, projectors.crops_per_image(c), size, size, 3), jnp.uint8),
             "image_mask": jnp.ones((batch_size, 1), bool),
         }
 

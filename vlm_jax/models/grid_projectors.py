@@ -1,0 +1,68 @@
+"""Projectors that reshape the patch grid: VILA's `mlp_downsample`, Centurio's `multiscale-pool`."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from vlm_jax.models.layers import dense, layer_norm
+from vlm_jax.models.ldp import grid_side
+
+
+def flat_square(x: jax.Array) -> jax.Array:
+    """VILA's DownSampleBlock.flat_square: zero-pad to even, 2x2 space-to-channel (its exact order)."""
+    n, a, b, c = x.shape
+    x = jnp.pad(x, ((0, 0), (0, a % 2), (0, b % 2), (0, 0)))
+    n, a, b, c = x.shape
+    x = x.reshape(n, a, b // 2, 2 * c).transpose(0, 2, 1, 3)
+    return x.reshape(n, b // 2, a // 2, 4 * c)
+
+
+class DownsampleProjector(nn.Module):
+    out_dim: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:  # [N, 1, T, C]
+        x = features[:, 0].astype(self.dtype)
+        n, t, c = x.shape
+        side = grid_side(t)
+        x = flat_square(x.reshape(n, side, side, c)).reshape(n, -1, 4 * c)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = layer_norm(1e-5, name="norm", **kw)(x)
+        x = dense(self.out_dim, (None, "embed"), name="linear_1", **kw)(x)
+        return dense(self.out_dim, ("mlp", "embed"), name="linear_2", **kw)(jax.nn.gelu(x, approximate=False))
+
+
+def downsample_tokens(num_tokens: int) -> int:
+    return ((grid_side(num_tokens) + 1) // 2) ** 2
+
+
+class MultiscalePoolProjector(nn.Module):
+    """Crop 0 is the global view, crops 1..s*s the tiles in row-major order. The tiles are stitched
+    into one (s*g)x(s*g) grid, average-pooled by s back to gxg, and concatenated channel-wise with the
+    global view's features before Linear -> GELU -> Linear."""
+
+    out_dim: int
+    scale: int = 2
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:  # [N, 1 + s*s, T, C]
+        x = features.astype(self.dtype)
+        n, k, t, c = x.shape
+        s = self.scale
+        if k != 1 + s * s:
+            raise ValueError(f"multiscale-pool with multi_scale={s} needs {1 + s * s} crops per image, got {k}")
+        g = grid_side(t)
+        glob = x[:, 0].reshape(n, g, g, c)
+        tiles = x[:, 1:].reshape(n, s, s, g, g, c)  # [n, tile_row, tile_col, y, x, c]
+        stitched = tiles.transpose(0, 1, 3, 2, 4, 5).reshape(n, s * g, s * g, c)
+        pooled = stitched.reshape(n, g, s, g, s, c).mean(axis=(2, 4))
+        x = jnp.concatenate([glob, pooled], axis=-1).reshape(n, g * g, 2 * c)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = dense(self.out_dim, (None, "embed"), name="linear_1", **kw)(x)
+        return dense(self.out_dim, ("mlp", "embed"), name="linear_2", **kw)(jax.nn.gelu(x, approximate=False))
