@@ -55,7 +55,8 @@ class VisionConfig:
 
 @dataclass
 class ProjectorConfig:
-    type: str = "mlp2x_gelu"  # linear | mlpNx_gelu | identity | (ldpnet | mlp_downsample | multiscale-pool)
+    type: str = "mlp2x_gelu"  # linear | mlpNx_gelu | identity | ldpnet | mlp_downsample | multiscale-pool
+    multi_scale: int = 2  # multiscale-pool: s x s tiles + a global view per image
 
 
 @dataclass
@@ -147,6 +148,11 @@ class DataConfig:
     num_epochs: Optional[int] = None  # None = repeat forever
     num_workers: int = 4  # threads parsing / decoding / tokenizing
     prefetch: int = 64  # examples decoded ahead
+
+    @property
+    def num_crops(self) -> int:
+        """K: crops per image in the batch."""
+        return {"none": 1, "2x2": 5}.get(self.image.tiling, 1)
 
 
 # ----------------------------------------------------------------------------- root schema
