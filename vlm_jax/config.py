@@ -91,6 +91,17 @@ class DecoderConfig:
 
 
 @dataclass
+class LoRAConfig:
+    rank: int = 0  # 0 = no adapters
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # decoder linears whose name fully matches one of these regexes get adapters; LLaVA: all of them
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -103,6 +114,7 @@ class ModelConfig:
     scan_layers: bool = True
     remat_policy: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
     attention: str = "xla"  # xla (reference einsum) | dot_product (jax.nn.dot_product_attention)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 # ----------------------------------------------------------------------------- data schema

@@ -1,0 +1,120 @@
+"""Batch sources for training: the Grain pipeline, or deterministic fake batches.
+
+A loader is an iterator of host-local numpy batch dicts (DESIGN.md keys) holding this process's
+rows of the global batch, with `get_state()` / `set_state()` (JSON-able) and `stats()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from vlm_jax.config import Config
+
+BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "images", "image_mask")
+
+
+def tokens_per_image(cfg: Config) -> int:
+    try:
+        from vlm_jax.models.vlm import VLM
+
+        return int(VLM.tokens_per_image(cfg.model))
+    except ImportError:
+        return cfg.model.vision.num_patches
+
+
+def batch_shapes(cfg: Config, rows: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Shape and dtype of every batch array for `rows` rows (the same for fake and real data)."""
+    v = cfg.model.vision
+    if cfg.train.fake_data.enabled:
+        seq, images, crops = cfg.train.fake_data.seq_len, cfg.train.fake_data.max_images, 1
+    else:
+        seq = int(getattr(cfg.data, "max_length", getattr(cfg.data, "seq_len", 2048)))
+        images = int(getattr(cfg.data, "max_images", 1))
+        crops = int(getattr(cfg.data, "num_crops", 1))
+    return {
+        "tokens": ((rows, seq), np.int32),
+        "targets": ((rows, seq), np.int32),
+        "loss_mask": ((rows, seq), np.bool_),
+        "segment_ids": ((rows, seq), np.int32),
+        "positions": ((rows, seq), np.int32),
+        "images": ((rows, images, crops, v.image_size, v.image_size, 3), np.uint8),
+        "image_mask": ((rows, images), np.bool_),
+    }
+
+
+class FakeBatches:
+    """Random but reproducible packed batches: row r of batch i depends only on (seed, i, r),
+    so any split of the global batch over processes sees the same data. State = next index."""
+
+    def __init__(self, cfg: Config, global_rows: int, row_start: int, row_stop: int, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self.rows = range(row_start, row_stop)
+        self.shapes = batch_shapes(cfg, row_stop - row_start)
+        self.n_img = tokens_per_image(cfg)
+        self.index = 0
+
+    def _row(self, i: int, r: int) -> dict:
+        f = self.cfg.train.fake_data
+        rng = np.random.default_rng([self.seed, i, r])
+        seq, vocab = f.seq_len, self.cfg.model.decoder.vocab_size
+        ids = rng.integers(3, vocab, size=seq + 1, dtype=np.int32)
+        n_real = int(rng.integers(seq // 2, seq + 1))
+        seg = np.zeros(seq, np.int32)
+        cuts = np.sort(rng.choice(np.arange(1, max(n_real, 2)), size=max(f.segments_per_row - 1, 0), replace=False))
+        bounds = [0, *cuts.tolist(), n_real]
+        pos = np.zeros(seq, np.int32)
+        for k in range(len(bounds) - 1):
+            seg[bounds[k]:bounds[k + 1]] = k + 1
+            pos[bounds[k]:bounds[k + 1]] = np.arange(bounds[k + 1] - bounds[k])
+        v = self.cfg.model.vision
+        images = rng.integers(0, 256, size=self.shapes["images"][0][1:], dtype=np.uint8)
+        image_mask = np.zeros(f.max_images, bool)
+        tokens = ids[:-1].copy()
+        if f.max_images and rng.random() < f.image_fraction and n_real > self.n_img + 2:
+            tokens[1:1 + self.n_img] = self.cfg.model.image_token_id
+            image_mask[0] = True
+        targets = ids[1:].copy()
+        loss_mask = (rng.random(seq) < 0.5) & (seg > 0) & (tokens != self.cfg.model.image_token_id)
+        del v
+        return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=seg, positions=pos,
+                    images=images, image_mask=image_mask)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        rows = [self._row(self.index, r) for r in self.rows]
+        self.index += 1
+        return {k: np.stack([row[k] for row in rows]) for k in BATCH_KEYS}
+
+    def get_state(self) -> dict:
+        return {"index": self.index}
+
+    def set_state(self, state: dict) -> None:
+        self.index = int(state["index"])
+
+    def stats(self) -> dict:
+        return {"skipped_examples": 0}
+
+    def steps_per_epoch(self) -> Optional[int]:
+        return None
+
+
+def make_loader(cfg: Config, split: str, global_rows: int, row_start: int, row_stop: int, process_index: int,
+                process_count: int):
+    """Loader for `split` ("train" | "eval") yielding rows [row_start, row_stop) of each global batch."""
+    if cfg.train.fake_data.enabled:
+        return FakeBatches(cfg, global_rows, row_start, row_stop, cfg.seed + (0 if split == "train" else 7919))
+    from vlm_jax.data import pipeline  # the Grain pipeline (data-pipeline issue)
+
+    return pipeline.make_loader(
+        cfg, split=split, batch_size=row_stop - row_start, process_index=process_index, process_count=process_count
+    )
+
+
+def has_eval_data(cfg: Config) -> bool:
+    if cfg.train.fake_data.enabled:
+        return True
+    return bool(getattr(cfg.data, "eval_files", None) or getattr(cfg.data, "eval", None))

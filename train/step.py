@@ -1,0 +1,158 @@
+"""The jitted train and eval steps.
+
+State is a dict {step, params, opt_state, rng}. Only trainable leaves are differentiated (frozen
+ones get neither weight gradients nor optimizer state and are passed through bitwise unchanged).
+Gradient accumulation runs inside the step as a `lax.scan` over micro-batches; the loss is the
+mean over the supervised tokens of the whole global batch, however it is split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vlm_jax import losses
+from vlm_jax.sharding import BATCH_AXES
+
+MODEL_KEYS = ("tokens", "segment_ids", "positions", "images", "image_mask")
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    trainable_keys: frozenset  # flattened "a/b/c" param paths that are trained
+    grad_accum_steps: int = 1
+    z_loss: float = 0.0
+    loss_vocab_chunk: int = 0
+    nan_policy: str = "stop"  # stop | skip
+
+
+def _flat(tree: Any) -> dict:
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _unflat(flat: dict) -> Any:
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def lm_head_kernel(params: Any) -> jax.Array:
+    """[D, V] output projection (the transposed embedding when tied)."""
+    dec = params["decoder"]
+    if "lm_head" in dec:
+        head = dec["lm_head"]
+        return head["kernel"] if isinstance(head, dict) else head
+    return dec["embed_tokens"]["embedding"].T
+
+
+def make_loss_sums(model) -> Callable[[Any, dict, int], losses.LossSums]:
+    def loss_sums(params, batch, vocab_chunk=0):
+        inputs = {k: batch[k] for k in MODEL_KEYS}
+        if vocab_chunk:
+            hidden = model.apply({"params": params}, inputs, return_hidden=True)
+            return losses.chunked_cross_entropy_sums(
+                hidden, lm_head_kernel(params), batch["targets"], batch["loss_mask"], vocab_chunk
+            )
+        logits = model.apply({"params": params}, inputs)
+        return losses.cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
+
+    return loss_sums
+
+
+def split_microbatches(batch: dict, n: int, mesh) -> dict:
+    """[B, ...] -> [n, B/n, ...] where micro-batch i takes rows i, i+n, ... so every device keeps
+    its own rows (no resharding) as long as n divides the per-device batch."""
+
+    def one(x):
+        x = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+        spec = P(None, BATCH_AXES, *([None] * (x.ndim - 2)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(one, batch)
+
+
+def build_train_step(model, tx, opts: StepOptions, mesh) -> Callable:
+    loss_sums = make_loss_sums(model)
+
+    def step(state, batch):
+        flat = _flat(state["params"])
+        train = {k: v for k, v in flat.items() if k in opts.trainable_keys}
+        frozen = {k: v for k, v in flat.items() if k not in opts.trainable_keys}
+        num_tokens = batch["loss_mask"].astype(jnp.float32).sum()
+
+        def grads_of(mb):
+            def f(tr):
+                sums = loss_sums(_unflat({**tr, **frozen}), mb, opts.loss_vocab_chunk)
+                return losses.total_loss(sums, num_tokens, opts.z_loss), sums
+
+            (_, sums), g = jax.value_and_grad(f, has_aux=True)(train)
+            return g, sums
+
+        if opts.grad_accum_steps == 1:
+            grads, sums = grads_of(batch)
+        else:
+            def body(carry, mb):
+                g, s = grads_of(mb)
+                return (jax.tree.map(jnp.add, carry[0], g), carry[1] + s), None
+
+            init = (jax.tree.map(jnp.zeros_like, train), losses.LossSums.zeros())
+            (grads, sums), _ = jax.lax.scan(body, init, split_microbatches(batch, opts.grad_accum_steps, mesh))
+
+        grad_norm = optax.global_norm(grads)
+        full_grads = _unflat({**grads, **{k: jnp.zeros_like(v) for k, v in frozen.items()}})
+        updates, new_opt = tx.update(full_grads, state["opt_state"], state["params"])
+        upd = _flat(updates)
+        new_train = {k: optax.apply_updates(v, upd[k]) for k, v in train.items()}
+
+        loss = losses.total_loss(sums, num_tokens, opts.z_loss)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_params = _unflat({**keep(new_train, train), **frozen})
+        advance = finite if opts.nan_policy == "stop" else jnp.bool_(True)
+        new_state = {
+            "step": state["step"] + advance.astype(state["step"].dtype),
+            "params": new_params,
+            "opt_state": keep(new_opt, state["opt_state"]),
+            "rng": jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)),
+        }
+        metrics = {
+            "loss": sums.nll / jnp.maximum(sums.count, 1.0),
+            "z_loss": sums.z / jnp.maximum(sums.count, 1.0),
+            "total_loss": loss,
+            "grad_norm": grad_norm,
+            "token_accuracy": sums.correct / jnp.maximum(sums.count, 1.0),
+            "supervised_tokens": sums.count,
+            "tokens": (batch["segment_ids"] > 0).sum().astype(jnp.float32),
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    return step
+
+
+def build_eval_step(model, loss_vocab_chunk: int = 0) -> Callable:
+    loss_sums = make_loss_sums(model)
+
+    def step(params, batch):
+        return loss_sums(params, batch, loss_vocab_chunk)
+
+    return step
+
+
+def jit_train_step(step_fn, state_shardings, batch_shardings, mesh):
+    rep = NamedSharding(mesh, P())
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=(0,),
+    )
+
+
+def jit_eval_step(step_fn, param_shardings, batch_shardings, mesh):
+    rep = NamedSharding(mesh, P())
+    return jax.jit(step_fn, in_shardings=(param_shardings, batch_shardings), out_shardings=rep)
