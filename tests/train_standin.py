@@ -91,7 +91,10 @@ class StandInVLM(nn.Module):
         f = self.projector(f).reshape(B, M * K * f.shape[1], -1)
         return self.decoder(batch["tokens"], f, batch["segment_ids"], return_hidden)
 
-    def init_params(self, rng, batch_size=1):
+    def init_params(self, rng):
+        return nn.unbox(self.init_boxed(rng))
+
+    def init_boxed(self, rng, batch_size=1):
         v = self.cfg.vision
         n = self.tokens_per_image(self.cfg)
         batch = {

@@ -44,7 +44,8 @@ class Setup:
 
 
 def _boxed_init(model, rng):
-    return model.init_params(rng)
+    """Params still wrapped in their nn.Partitioned logical-axis boxes."""
+    return model.init_boxed(rng) if hasattr(model, "init_boxed") else model.init_params(rng)
 
 
 def build(cfg: Config, mesh, total_steps: int, model=None) -> Setup:

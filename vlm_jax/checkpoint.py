@@ -218,21 +218,27 @@ class TrainCheckpointer:
 # ----------------------------------------------------------------------------- model folders
 
 
-def _numpy_restore_args(metadata: Any) -> Any:
-    return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-
-
 def _restore_tree(path: str, abstract: Any = None) -> Any:
-    """Orbax PyTree at `path` -> arrays placed like `abstract` (ShapeDtypeStructs with shardings),
-    or host numpy arrays when `abstract` is None."""
+    """Orbax PyTree at `path` -> its own tree structure. Leaves whose path and shape match a leaf of
+    `abstract` (ShapeDtypeStructs with shardings) land sharded like it (and in its dtype); the rest
+    (or everything when `abstract` is None) come back as host numpy arrays."""
+    from flax import traverse_util
+
     ckptr = ocp.PyTreeCheckpointer()
-    if abstract is not None:
-        return ckptr.restore(path, args=ocp.args.PyTreeRestore(
-            item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
     meta = ckptr.metadata(path)
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
-    return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=None, restore_args=_numpy_restore_args(tree)))
+    want = traverse_util.flatten_dict(abstract, sep="/") if abstract is not None else {}
+    flat_meta = traverse_util.flatten_dict(tree, sep="/")
+    args = {}
+    for k, m in flat_meta.items():
+        a = want.get(k)
+        if a is not None and tuple(a.shape) == tuple(m.shape) and getattr(a, "sharding", None) is not None:
+            args[k] = ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=tuple(a.shape), dtype=a.dtype)
+        else:
+            args[k] = ocp.RestoreArgs(restore_type=np.ndarray)
+    restore_args = traverse_util.unflatten_dict(args, sep="/")
+    return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=None, restore_args=restore_args))
 
 
 def save_model_checkpoint(

@@ -273,19 +273,10 @@ class DistributedConfig:
     process_id: Optional[int] = None
 
 
-if "DataConfig" not in globals():
-
-    @dataclass
-    class DataConfig:  # placeholder until the data pipeline's schema lands
-        train_files: list[str] = field(default_factory=list)
-        eval_files: list[str] = field(default_factory=list)
-        max_length: int = 2048
-
-
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)  # noqa: F821 (defined by the data section)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)

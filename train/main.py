@@ -1,0 +1,114 @@
+"""Train a stage (or a recipe of stages): python -m train.main --config CONFIG [key=value ...]
+
+Exit codes: 0 done (or preempted by SIGTERM after saving), 1 stopped on a non-finite loss,
+2 bad usage or config (one line on stderr, before anything is compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+EPILOG = """examples:
+  python -m train.main --config configs/llava15/llava15_7b_finetune.yaml run_dir=runs/sft train.num_steps=100
+  python -m train.main --config configs/llava15/llava15_7b_finetune.yaml --compile-only mesh.fsdp=8 mesh.data=1
+  python -m train.main --config configs/llava15/recipe_7b.yaml          # stages in order, each resumable
+multi-host: auto-detected on TPU pods and SLURM, or pass --coordinator-address/--num-processes/--process-id.
+Rerunning the same command resumes from the newest good checkpoint in run_dir."""
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m train.main", description="Train a vlm_jax model from a YAML config.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="run config YAML, or a recipe YAML with `stages:`")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.num_steps=10")
+    p.add_argument("--compile-only", action="store_true",
+                   help="compile the train step on the configured mesh against abstract shapes and print "
+                        "per-device memory; allocates no model (fakes CPU devices if needed)")
+    p.add_argument("--device-memory-gb", type=float, default=80.0, help="per-device memory for --compile-only's verdict")
+    p.add_argument("--coordinator-address", help="host:port of process 0 (multi-host without auto-detection)")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
+    return p.parse_args(argv)
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _force_cpu_devices(n: int) -> None:
+    """Fake n host devices for compile-only planning (must happen before jax is imported)."""
+    if "jax" in sys.modules or n <= 1:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    from train import run_config, stages as stages_lib
+    from vlm_jax.config import ConfigError, load_yaml
+
+    overrides = list(args.overrides)
+    for flag, key in (("coordinator_address", "coordinator_address"), ("num_processes", "num_processes"),
+                      ("process_id", "process_id")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"distributed.{key}={getattr(args, flag)}")
+    try:
+        raw = load_yaml(args.config)
+        if stages_lib.is_recipe(raw):
+            stages = stages_lib.load_recipe(args.config, raw, overrides)
+        else:
+            cfg = run_config.load_config(args.config, overrides)
+            run_config.check_values(cfg)
+            stages = [stages_lib.Stage("", cfg, False)]
+        if args.compile_only:
+            _force_cpu_devices(max(run_config.fixed_mesh_devices(s.cfg) for s in stages))
+        import jax
+
+        from vlm_jax import sharding
+
+        sharding.initialize_distributed(stages[0].cfg.distributed)
+        for s in stages:
+            run_config.check_devices(s.cfg, jax.device_count(), jax.process_count())
+    except ConfigError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(str(e))
+
+    if args.compile_only:
+        from train.compile_only import plan
+
+        for s in stages:
+            if s.name:
+                print(f"== stage {s.name}")
+            plan(s.cfg, device_memory_gb=args.device_memory_gb)
+        return 0
+
+    from train.loop import NonFiniteLoss, run
+
+    for s in stages:
+        if s.name and stages_lib.stage_done(s):
+            print(f"stage {s.name}: done ({s.cfg.run_dir}/final exists), skipping", file=sys.stderr)
+            continue
+        if s.name:
+            print(f"== stage {s.name} -> {s.cfg.run_dir}", file=sys.stderr)
+        try:
+            summary = run(s.cfg)
+        except NonFiniteLoss as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except ConfigError as e:
+            return _fail(str(e))
+        if summary.get("preempted"):
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
