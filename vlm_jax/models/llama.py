@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vlm_jax.config import DecoderConfig
+from vlm_jax.config import DecoderConfig, LoRAConfig
 from vlm_jax.models.attention import apply_rope, attention, rope_cos_sin, rope_inv_freq, segment_causal_mask
 from vlm_jax.models.layers import RMSNorm, activation, dense, kernel_init, maybe_remat
+from vlm_jax.models.lora import LoRADense, targets
 
 
 class DecoderLayer(nn.Module):
@@ -22,16 +23,22 @@ class DecoderLayer(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     attention_impl: str = "xla"
+    lora: Optional[LoRAConfig] = None
+
+    def linear(self, features: int, axes: tuple, name: str, use_bias: bool = False):
+        kw = dict(use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        if targets(self.lora, name):
+            return LoRADense(features, axes, self.lora, name=name, **kw)
+        return dense(features, axes, name=name, **kw)
 
     def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
         """Normed input -> rotated q [B,L,H,hd], k [B,L,KV,hd], v [B,L,KV,hd]."""
         c = self.cfg
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=c.qkv_bias)
         b, l, _ = x.shape
         hd = c.dim_per_head
-        q = dense(c.num_heads * hd, ("embed", "heads"), name="q_proj", **kw)(x).reshape(b, l, c.num_heads, hd)
-        k = dense(c.kv_heads * hd, ("embed", "kv_heads"), name="k_proj", **kw)(x).reshape(b, l, c.kv_heads, hd)
-        v = dense(c.kv_heads * hd, ("embed", "kv_heads"), name="v_proj", **kw)(x).reshape(b, l, c.kv_heads, hd)
+        q = self.linear(c.num_heads * hd, ("embed", "heads"), "q_proj", c.qkv_bias)(x).reshape(b, l, c.num_heads, hd)
+        k = self.linear(c.kv_heads * hd, ("embed", "kv_heads"), "k_proj", c.qkv_bias)(x).reshape(b, l, c.kv_heads, hd)
+        v = self.linear(c.kv_heads * hd, ("embed", "kv_heads"), "v_proj", c.qkv_bias)(x).reshape(b, l, c.kv_heads, hd)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     @nn.compact
@@ -51,12 +58,12 @@ class DecoderLayer(nn.Module):
             cache = {"k": k, "v": v}
         o = attention(q, k, v, mask, impl=self.attention_impl).reshape(b, l, c.num_heads * c.dim_per_head)
         o = nn.with_logical_constraint(o, ("batch", "length", "heads"))
-        x = x + dense(d, ("heads", "embed"), name="o_proj", use_bias=False, **kw)(o)
+        x = x + self.linear(d, ("heads", "embed"), "o_proj")(o)
         h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
-        gate = dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", use_bias=False, **kw)(h)
-        up = dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", use_bias=False, **kw)(h)
+        gate = self.linear(c.intermediate_size, ("embed", "mlp"), "gate_proj")(h)
+        up = self.linear(c.intermediate_size, ("embed", "mlp"), "up_proj")(h)
         h = nn.with_logical_constraint(activation(c.hidden_act)(gate) * up, ("batch", "length", "mlp"))
-        x = x + dense(d, ("mlp", "embed"), name="down_proj", use_bias=False, **kw)(h)
+        x = x + self.linear(d, ("mlp", "embed"), "down_proj")(h)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, cache
 
@@ -68,6 +75,7 @@ class Decoder(nn.Module):
     scan_layers: bool = True
     remat_policy: str = "none"
     attention_impl: str = "xla"
+    lora: Optional[LoRAConfig] = None
 
     def setup(self):
         c = self.cfg
@@ -79,7 +87,8 @@ class Decoder(nn.Module):
         if not c.tie_embeddings:
             self.lm_head = dense(c.vocab_size, ("embed", "vocab"), name="lm_head", use_bias=False,
                                  dtype=self.dtype, param_dtype=self.param_dtype)
-        layer_kw = dict(cfg=c, dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+        layer_kw = dict(cfg=c, dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl,
+                        lora=self.lora)
         if self.scan_layers:
             self.layers = nn.scan(
                 maybe_remat(DecoderLayer, self.remat_policy),

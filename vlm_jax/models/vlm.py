@@ -38,7 +38,7 @@ class VLM(nn.Module):
         dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         self.vision_tower = VisionTower(c.vision, dt, pdt, c.remat_policy)
         self.projector = projectors.build_projector(c, dt, pdt, name="projector")
-        self.decoder = Decoder(c.decoder, dt, pdt, c.scan_layers, c.remat_policy, c.attention)
+        self.decoder = Decoder(c.decoder, dt, pdt, c.scan_layers, c.remat_policy, c.attention, c.lora)
 
     @staticmethod
     def tokens_per_image(cfg: ModelConfig) -> int:
