@@ -1,0 +1,123 @@
+"""`python -m convert {import,export,assemble}`: HF / original-LLaVA checkpoints <-> vlm_jax CKPT folders.
+
+A CKPT folder is what `vlm_jax.checkpoint.save_model_checkpoint` writes (params/, model_config.yaml,
+tokenizer/, vlm_jax_model.json) plus, from a conversion, `conversion.json` (source format, layout,
+dtypes, source configs) and `extra_tensors.safetensors` (source tensors the model does not use, so
+that an export reproduces the source).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+FORMATS = ("hf-llava", "llava")
+
+EPILOG = """examples:
+  python -m convert import --format hf-llava --src llava-1.5-7b-hf --out ckpt/llava15
+  python -m convert export --format hf-llava --src ckpt/llava15 --out out/llava15-hf --max-shard-size 2GB
+  python -m convert import --format llava --src llava-v1.5-7b --vision clip-vit-large-patch14-336 --out ckpt/l15
+  python -m convert export --format llava --src ckpt/l15 --out out/llava-v1.5-7b
+  python -m convert export --format llava --projector-only --src ckpt/stage1 --out out/stage1
+  python -m convert assemble --vision clip-vit-large-patch14-336 --llm vicuna-7b-v1.5 \\
+      --projector-type mlp2x_gelu --out ckpt/stage0"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m convert", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{import,export,assemble}")
+
+    def common(sp):
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    imp = sub.add_parser("import", help="HF / original LLaVA checkpoint -> CKPT folder")
+    imp.add_argument("--format", required=True, choices=FORMATS)
+    imp.add_argument("--src", required=True, help="checkpoint folder (config.json + weights) or weights file")
+    imp.add_argument("--out", required=True, help="CKPT folder to write")
+    imp.add_argument("--vision", help="llava: HF CLIP/SigLIP folder for the vision tower (and its config)")
+    imp.add_argument("--dtype", default="float32", help="param dtype in the CKPT (default float32; export restores "
+                                                        "the source dtypes)")
+    common(imp)
+
+    exp = sub.add_parser("export", help="CKPT folder -> HF / original LLaVA checkpoint")
+    exp.add_argument("--format", required=True, choices=FORMATS)
+    exp.add_argument("--src", required=True, help="CKPT folder")
+    exp.add_argument("--out", required=True, help="output folder")
+    exp.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
+    exp.add_argument("--dtype", help="tensor dtype (default: the dtypes of the imported source, else the params')")
+    exp.add_argument("--layout", choices=("hf5", "hf4"),
+                     help="hf-llava key names (default: as imported, else hf5 = model.language_model.*)")
+    exp.add_argument("--weights", choices=("safetensors", "bin"), default="safetensors",
+                     help="llava: weight file format (default safetensors)")
+    exp.add_argument("--vision-tower", choices=("auto", "include", "omit"), default="auto",
+                     help="llava: write the vision tower into the checkpoint (auto: as imported, else include)")
+    exp.add_argument("--projector-only", action="store_true", help="llava: write a stage-1 mm_projector.bin only")
+    common(exp)
+
+    asm = sub.add_parser("assemble", help="HF vision model + HF causal LM (+ stage-1 projector) -> CKPT folder")
+    asm.add_argument("--vision", required=True, help="HF CLIP/SigLIP folder (CLIPModel or CLIPVisionModel, SigLIP alike)")
+    asm.add_argument("--llm", required=True, help="HF LLaMA/Qwen2 causal LM folder")
+    asm.add_argument("--projector", help="stage-1 mm_projector.bin (or .safetensors); default: fresh init")
+    asm.add_argument("--projector-type", default="mlp2x_gelu", help="linear | mlpNx_gelu | identity")
+    asm.add_argument("--select-layer", type=int, default=-2, help="vision hidden state to use (LLaVA default -2)")
+    asm.add_argument("--select-feature", choices=("patch", "cls_patch"), default="patch")
+    asm.add_argument("--image-token", choices=("sentinel", "add"), default="sentinel",
+                     help="sentinel: image placeholder id -200 outside the vocabulary (original LLaVA); "
+                          "add: add an <image> token to the tokenizer and vocabulary (HF Llava)")
+    asm.add_argument("--seed", type=int, default=0, help="seed of the fresh projector")
+    asm.add_argument("--dtype", default="float32")
+    asm.add_argument("--out", required=True)
+    common(asm)
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    from convert.files import parse_size
+
+    if args.command == "assemble":
+        from convert import assemble
+    elif args.format == "hf-llava":
+        from convert import hf_llava
+    else:
+        from convert import llava_original
+
+    progress = not args.no_progress
+    if args.command == "import":
+        if args.format == "hf-llava":
+            if args.vision:
+                raise SystemExit("error: --vision is only for --format llava")
+            hf_llava.import_checkpoint(args.src, args.out, dtype=args.dtype, progress=progress)
+        else:
+            llava_original.import_checkpoint(args.src, args.out, vision=args.vision, dtype=args.dtype,
+                                             progress=progress)
+    elif args.command == "export":
+        shard = parse_size(args.max_shard_size)
+        if args.format == "hf-llava":
+            hf_llava.export_checkpoint(args.src, args.out, layout=args.layout, dtype=args.dtype,
+                                       max_shard_bytes=shard, progress=progress)
+        else:
+            llava_original.export_checkpoint(args.src, args.out, dtype=args.dtype, max_shard_bytes=shard,
+                                             weights=args.weights, vision_tower=args.vision_tower,
+                                             projector_only=args.projector_only, progress=progress)
+    else:
+        assemble.assemble(args.vision, args.llm, args.out, projector=args.projector,
+                          projector_type=args.projector_type, select_layer=args.select_layer,
+                          select_feature=args.select_feature, image_token=args.image_token, seed=args.seed,
+                          dtype=args.dtype, progress=progress)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Returns 0 on success, 1 on a conversion error; argparse exits with 2 on bad usage."""
+    from convert.engine import ConversionError
+    from convert.hf_configs import UnsupportedConfig
+
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ConversionError, UnsupportedConfig, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

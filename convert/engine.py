@@ -1,0 +1,252 @@
+"""Streamed import (checkpoint files -> our param tree) and export (CKPT -> safetensors shards).
+
+Layout modules supply the key <-> canonical-name functions (see mapping.py); this module does the
+shape checks, the tensor-by-tensor copy, the bookkeeping of unused/missing tensors and the extra
+tensors kept aside in the CKPT so that an export reproduces the source exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from convert import mapping
+from convert.tensor_io import ShardedSafetensorsWriter, TensorReader, np_dtype
+from vlm_jax.checkpoint import load_model_checkpoint, save_model_checkpoint
+from vlm_jax.config import ModelConfig
+from vlm_jax.models.vlm import VLM
+
+EXTRAS = "extra_tensors"  # <CKPT>/extra_tensors.safetensors: source tensors our model does not use
+CONVERSION = "conversion.json"  # <CKPT>/conversion.json: source format, layout, dtypes, source configs
+
+
+class ConversionError(ValueError):
+    pass
+
+
+@dataclass
+class Source:
+    path: str  # weights file or folder
+    to_canonical: Callable[[str], Optional[str]]  # checkpoint key -> canonical name (None: not ours)
+    keep_unused: bool = True  # keep unused tensors in the CKPT (the main checkpoint; not helper folders)
+    name: str = ""
+
+
+@dataclass
+class ImportResult:
+    params: dict
+    dtypes: dict  # canonical name -> source dtype
+    unused: list = field(default_factory=list)  # (source name, key)
+    kept: list = field(default_factory=list)  # extra tensor names written to the CKPT
+    fresh: list = field(default_factory=list)  # canonical names initialised fresh
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _report(title: str, names: list[str], limit: int = 40) -> None:
+    if names:
+        log(f"{title} ({len(names)}):")
+        for n in names[:limit]:
+            log(f"  {n}")
+        if len(names) > limit:
+            log(f"  ... and {len(names) - limit} more")
+
+
+def import_weights(sources: list[Source], cfg: ModelConfig, out_dir: str, *, dtype: str = "float32",
+                   fresh: Optional[Callable[[], dict]] = None, fresh_prefix: str = "projector.",
+                   progress: bool = True) -> ImportResult:
+    """Read `sources` tensor by tensor into a numpy param tree for `cfg`; unused tensors of sources
+    with `keep_unused` go to `<out_dir>/extra_tensors.safetensors`. Entries missing from every
+    source are an error, except those under `fresh_prefix` when `fresh()` (-> param subtree) is given."""
+    entries = {e.key: e for e in mapping.all_entries(cfg)}
+    shapes = VLM(cfg).abstract_params()
+    readers = [(s, TensorReader(s.path)) for s in sources]
+    used: dict[str, tuple[int, str]] = {}  # canonical -> (source idx, key)
+    wanted: list[dict[str, Optional[str]]] = []  # per source: key -> canonical (used) or None (extra)
+    unused, extras_plan = [], []
+    for si, (src, reader) in enumerate(readers):
+        want = {}
+        for info in reader.infos():
+            canon = src.to_canonical(info.key)
+            entry = entries.get(canon) if canon else None
+            if entry is not None and canon not in used:
+                expected = mapping.hf_shape(entry, mapping.get_leaf(shapes, entry.path).shape)
+                if tuple(info.shape) != expected:
+                    raise ConversionError(
+                        f"shape mismatch for tensor '{info.key}' in {info.file}: got {list(info.shape)}, the model "
+                        f"config expects {list(expected)} (-> params/{'/'.join(entry.path)})")
+                used[canon] = (si, info.key)
+                want[info.key] = canon
+                continue
+            unused.append((src.name or src.path, info.key))
+            if src.keep_unused:
+                name = canon if canon and canon not in entries else f"raw.{info.key}"
+                want[info.key] = None
+                extras_plan.append((info.key, name, info.shape, info.dtype))
+        wanted.append(want)
+
+    missing = [k for k in entries if k not in used]
+    fresh_names = [k for k in missing if fresh is not None and k.startswith(fresh_prefix)]
+    hard_missing = [k for k in missing if k not in fresh_names]
+    if hard_missing:
+        _report("missing tensors", hard_missing)
+        raise ConversionError(f"{len(hard_missing)} tensors the model needs are missing from the source, "
+                              f"e.g. '{hard_missing[0]}'")
+    _report("unused source tensors (not part of the model)", [f"{s}: {k}" for s, k in unused])
+
+    out_dtype = np_dtype(dtype)
+    params = jax.tree.map(lambda s: np.empty(s.shape, out_dtype), shapes)
+    if fresh_names:
+        sub = fresh()
+        for path in mapping.leaf_paths(sub):
+            mapping.set_leaf(params, path, np.asarray(mapping.get_leaf(sub, path), out_dtype))
+        log(f"initialised fresh: {', '.join(sorted(fresh_names))}")
+
+    writer = None
+    if extras_plan:
+        writer = ShardedSafetensorsWriter(out_dir, [(n, s, d) for _, n, s, d in extras_plan],
+                                          max_shard_bytes=2**62, prefix=EXTRAS)
+    extra_name = {k: n for k, n, _, _ in extras_plan}
+    dtypes = {}
+    total = sum(len(w) for w in wanted)
+    bar = tqdm(total=total, desc="import", unit="tensor", disable=not progress, file=sys.stderr)
+    for (src, reader), want in zip(readers, wanted):
+        for key, t in reader.iter_tensors(set(want)):
+            canon = want[key]
+            if canon is None:
+                writer.write(extra_name[key], t)
+            else:
+                e = entries[canon]
+                leaf = mapping.get_leaf(params, e.path)
+                value = mapping.TO_OURS[e.kind](t)
+                if e.layer is None:
+                    leaf[...] = value
+                else:
+                    leaf[e.layer] = value
+                dtypes[canon] = t.dtype.name
+            del t
+            bar.update(1)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return ImportResult(params, dtypes, unused, [n for _, n, _, _ in extras_plan], fresh_names)
+
+
+def write_ckpt(out_dir: str, result: ImportResult, cfg: ModelConfig, source: dict,
+               tokenizer_dir: Optional[str] = None) -> None:
+    """Params + model config + tokenizer via vlm_jax.checkpoint, plus conversion.json (the extras
+    file was written by import_weights). The completion marker is written last."""
+    os.makedirs(out_dir, exist_ok=True)
+    if not result.kept and os.path.exists(os.path.join(out_dir, f"{EXTRAS}.safetensors")):
+        os.remove(os.path.join(out_dir, f"{EXTRAS}.safetensors"))
+    meta = {"source": source, "dtypes": result.dtypes, "fresh": result.fresh}
+    with open(os.path.join(out_dir, CONVERSION), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+    save_model_checkpoint(out_dir, result.params, cfg, tokenizer_dir=tokenizer_dir,
+                          metadata={"converted_from": source.get("format")})
+
+
+@dataclass
+class Ckpt:
+    path: str
+    params: dict
+    cfg: ModelConfig
+    conversion: dict  # {} for checkpoints written by training
+
+    @property
+    def source(self) -> dict:
+        return self.conversion.get("source", {})
+
+    @property
+    def extras_path(self) -> Optional[str]:
+        p = os.path.join(self.path, f"{EXTRAS}.safetensors")
+        return p if os.path.isfile(p) else None
+
+    def extra_names(self) -> list[str]:
+        return [i.key for i in TensorReader(self.extras_path).infos()] if self.extras_path else []
+
+    @property
+    def tokenizer_dir(self) -> Optional[str]:
+        p = os.path.join(self.path, "tokenizer")
+        return p if os.path.isdir(p) else None
+
+
+def read_ckpt(path: str) -> Ckpt:
+    params, cfg = load_model_checkpoint(path)
+    conv = {}
+    if os.path.isfile(os.path.join(path, CONVERSION)):
+        with open(os.path.join(path, CONVERSION), encoding="utf-8") as f:
+            conv = json.load(f)
+    return Ckpt(os.path.abspath(path), params, cfg, conv)
+
+
+def export_weights(ckpt: Ckpt, out_dir: str, from_canonical: Callable[[str], Optional[str]], *,
+                   keep_extra: Callable[[str], bool] = lambda name: True,
+                   fillers: Optional[dict] = None, dtype: Optional[str] = None,
+                   max_shard_bytes: int = 5 * 2**30, prefix: str = "model", progress: bool = True) -> list[str]:
+    """Write the params (and the kept extra tensors, and `fillers`: canonical -> array for tensors
+    the target format expects but we do not have) as safetensors shards. Tensors take the source
+    dtype recorded at import unless `dtype` is given. Returns the written keys."""
+    cfg, params = ckpt.cfg, ckpt.params
+    recorded = ckpt.conversion.get("dtypes", {})
+    items, jobs, seen = [], [], set()
+
+    def plan(canon: str, shape, dt, job) -> None:
+        key = from_canonical(canon)
+        if key is None:
+            raise ConversionError(f"the target layout has no name for '{canon}'")
+        if key in seen:
+            raise ConversionError(f"two tensors map to '{key}'")
+        seen.add(key)
+        items.append((key, tuple(shape), dt))
+        jobs.append((key, job))
+
+    consumed = set()
+    for e in mapping.all_entries(cfg):
+        leaf = mapping.get_leaf(params, e.path)
+        consumed.add(e.path)
+        dt = dtype or recorded.get(e.key) or leaf.dtype.name
+        plan(e.key, mapping.hf_shape(e, leaf.shape), dt, ("param", e))
+    extras = TensorReader(ckpt.extras_path).infos() if ckpt.extras_path else []
+    dropped = []
+    for info in extras:
+        if keep_extra(info.key) and from_canonical(info.key) is not None:
+            plan(info.key, info.shape, info.dtype, ("extra", info.key))
+        else:
+            dropped.append(info.key)
+    for canon, arr in (fillers or {}).items():
+        if from_canonical(canon) not in seen:
+            plan(canon, arr.shape, dtype or arr.dtype.name, ("filler", arr))
+    _report("extra tensors not exported to this format", dropped)
+    _report("params without a checkpoint name (not exported)",
+            ["/".join(p) for p in mapping.leaf_paths(params) if p not in consumed])
+
+    writer = ShardedSafetensorsWriter(out_dir, items, max_shard_bytes=max_shard_bytes, prefix=prefix)
+    dtypes = {k: d for k, _, d in items}
+    bar = tqdm(total=len(items), desc="export", unit="tensor", disable=not progress, file=sys.stderr)
+    extra_jobs = {}
+    for key, (kind, what) in jobs:
+        if kind == "param":
+            writer.write(key, mapping.to_hf(what, mapping.get_leaf(params, what.path)).astype(np_dtype(dtypes[key])))
+        elif kind == "filler":
+            writer.write(key, np.asarray(what).astype(np_dtype(dtypes[key])))
+        else:
+            extra_jobs[what] = key
+            continue
+        bar.update(1)
+    if extra_jobs:
+        for name, t in TensorReader(ckpt.extras_path).iter_tensors(set(extra_jobs)):
+            writer.write(extra_jobs[name], t)
+            bar.update(1)
+    bar.close()
+    writer.close()
+    return [k for k, _, _ in items]

@@ -1,0 +1,51 @@
+"""Non-weight files of a checkpoint folder: tokenizer files, small JSON side files, size strings."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+from typing import Optional
+
+TOKENIZER_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+                      "merges.txt", "*.model", "*.tiktoken", "chat_template.json", "chat_template.jinja",
+                      "processor_config.json")
+
+
+def copy_tokenizer(src: str, dst: str) -> bool:
+    """Copy the tokenizer/processor files of folder `src` into `dst`; False if there are none."""
+    if not os.path.isdir(src):
+        return False
+    names = [n for n in sorted(os.listdir(src)) if os.path.isfile(os.path.join(src, n))
+             and any(fnmatch.fnmatch(n, p) for p in TOKENIZER_PATTERNS)]
+    if not names:
+        return False
+    os.makedirs(dst, exist_ok=True)
+    for n in names:
+        shutil.copy2(os.path.join(src, n), os.path.join(dst, n))
+    return True
+
+
+def read_json(path: str) -> Optional[dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB', '123' -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"invalid size '{text}' (e.g. 5GB, 500MB, 1000000)")
+    base = 1024 if m.group(3) else 1000
+    power = " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * base**power)

@@ -1,0 +1,125 @@
+"""HF config classes (CLIP/SigLIP vision, LLaMA/Qwen2 text) <-> our VisionConfig / DecoderConfig."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, Qwen2Config, SiglipVisionConfig
+
+from vlm_jax.config import DecoderConfig, VisionConfig
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+VISION_TYPES = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
+TEXT_TYPES = ("llama", "qwen2", "mistral")
+
+
+class UnsupportedConfig(ValueError):
+    pass
+
+
+def load_config(path: str):
+    """A local folder's config.json as its transformers config class (no remote code, no hub)."""
+    return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+
+
+def vision_part(config):
+    """CLIPConfig / SiglipConfig / LlavaConfig -> their vision config; vision configs as is."""
+    return getattr(config, "vision_config", None) or config
+
+
+def read_preprocessor(path: Optional[str]) -> Optional[dict]:
+    if path and os.path.isfile(os.path.join(path, "preprocessor_config.json")):
+        with open(os.path.join(path, "preprocessor_config.json"), encoding="utf-8") as f:
+            return json.load(f)
+    return None
+
+
+def vision_from_hf(vc, select_layer: int, select_feature: str, preprocessor: Optional[dict] = None) -> VisionConfig:
+    kind = VISION_TYPES.get(vc.model_type)
+    if kind is None:
+        raise UnsupportedConfig(f"vision model_type '{vc.model_type}' is not supported (supported: {', '.join(VISION_TYPES)})")
+    if kind == "siglip" and select_feature == "cls_patch":
+        select_feature = "patch"  # SigLIP has no class token: all tokens are patches
+    mean, std = (CLIP_MEAN, CLIP_STD) if kind == "clip" else (SIGLIP_MEAN, SIGLIP_STD)
+    if preprocessor:
+        mean = tuple(float(x) for x in preprocessor.get("image_mean", mean))
+        std = tuple(float(x) for x in preprocessor.get("image_std", std))
+    return VisionConfig(
+        kind=kind, image_size=vc.image_size, patch_size=vc.patch_size, num_channels=vc.num_channels,
+        hidden_size=vc.hidden_size, intermediate_size=vc.intermediate_size, num_layers=vc.num_hidden_layers,
+        num_heads=vc.num_attention_heads, layer_norm_eps=vc.layer_norm_eps, hidden_act=vc.hidden_act,
+        select_layer=select_layer, select_feature=select_feature, image_mean=mean, image_std=std,
+    )
+
+
+def vision_to_hf(v: VisionConfig, num_layers: int, use_head: bool = False):
+    kw = dict(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=num_layers,
+              num_attention_heads=v.num_heads, num_channels=v.num_channels, image_size=v.image_size,
+              patch_size=v.patch_size, hidden_act=v.hidden_act, layer_norm_eps=v.layer_norm_eps)
+    if v.kind == "clip":
+        return CLIPVisionConfig(**kw)
+    return SiglipVisionConfig(vision_use_head=use_head, **kw)
+
+
+def _rope(tc) -> tuple[float, Optional[dict]]:
+    """(theta, scaling) from transformers 5 `rope_parameters` or 4.x `rope_theta` + `rope_scaling`."""
+    params = getattr(tc, "rope_parameters", None)
+    if params is None:
+        params = dict(getattr(tc, "rope_scaling", None) or {})
+        params.setdefault("rope_theta", getattr(tc, "rope_theta", 10000.0))
+    params = dict(params)
+    theta = float(params.pop("rope_theta", 10000.0))
+    if "type" in params and "rope_type" not in params:
+        params["rope_type"] = params.pop("type")
+    kind = params.get("rope_type", "default")
+    if kind == "default":
+        return theta, None
+    if kind not in ("linear", "llama3"):
+        raise UnsupportedConfig(f"rope type '{kind}' is not supported (supported: default, linear, llama3)")
+    return theta, params
+
+
+def _ids(value):
+    return value[0] if isinstance(value, list) and value else value
+
+
+def decoder_from_hf(tc) -> DecoderConfig:
+    if tc.model_type not in TEXT_TYPES:
+        raise UnsupportedConfig(f"text model_type '{tc.model_type}' is not supported (supported: {', '.join(TEXT_TYPES)})")
+    if getattr(tc, "attention_bias", False) or getattr(tc, "mlp_bias", False):
+        raise UnsupportedConfig("LLaMA attention_bias / mlp_bias are not supported")
+    if getattr(tc, "use_sliding_window", False) or (tc.model_type == "mistral" and getattr(tc, "sliding_window", None)):
+        raise UnsupportedConfig("sliding-window attention is not supported")
+    theta, scaling = _rope(tc)
+    head_dim = getattr(tc, "head_dim", None)
+    if head_dim == tc.hidden_size // tc.num_attention_heads:
+        head_dim = None
+    return DecoderConfig(
+        vocab_size=tc.vocab_size, hidden_size=tc.hidden_size, intermediate_size=tc.intermediate_size,
+        num_layers=tc.num_hidden_layers, num_heads=tc.num_attention_heads,
+        num_kv_heads=getattr(tc, "num_key_value_heads", None) or None, head_dim=head_dim,
+        rms_norm_eps=tc.rms_norm_eps, rope_theta=theta, rope_scaling=scaling,
+        max_position_embeddings=tc.max_position_embeddings, qkv_bias=tc.model_type == "qwen2",
+        tie_embeddings=bool(getattr(tc, "tie_word_embeddings", False)), hidden_act=tc.hidden_act,
+        bos_token_id=_ids(tc.bos_token_id), eos_token_id=_ids(tc.eos_token_id), pad_token_id=_ids(tc.pad_token_id),
+    )
+
+
+def decoder_to_hf(d: DecoderConfig):
+    rope = {"rope_type": "default", "rope_theta": d.rope_theta}
+    if d.rope_scaling:
+        rope = {**d.rope_scaling, "rope_theta": d.rope_theta}
+    kw = dict(vocab_size=d.vocab_size, hidden_size=d.hidden_size, intermediate_size=d.intermediate_size,
+              num_hidden_layers=d.num_layers, num_attention_heads=d.num_heads, num_key_value_heads=d.kv_heads,
+              rms_norm_eps=d.rms_norm_eps, rope_parameters=rope, max_position_embeddings=d.max_position_embeddings,
+              tie_word_embeddings=d.tie_embeddings, hidden_act=d.hidden_act, bos_token_id=d.bos_token_id,
+              eos_token_id=d.eos_token_id, pad_token_id=d.pad_token_id)
+    if d.qkv_bias:
+        if d.head_dim:
+            raise UnsupportedConfig("Qwen2 configs have no head_dim option")
+        return Qwen2Config(**kw)
+    return LlamaConfig(head_dim=d.dim_per_head, **kw)

@@ -1,0 +1,236 @@
+"""Streamed tensor reading and writing: safetensors (single or sharded) and PyTorch `.bin`.
+
+Reading never holds more than one file open; `.bin` files go through
+`torch.load(weights_only=True, mmap=True)` so no pickled code runs and tensors are paged in
+one at a time. Writing produces HF-style sharded safetensors with an index, one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+# safetensors dtype codes <-> numpy (bfloat16 via ml_dtypes, which jax ships)
+_ST_TO_NP = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}
+_NP_TO_ST = {v: k for k, v in _ST_TO_NP.items()}
+
+
+def np_dtype(name: str) -> np.dtype:
+    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
+
+    return np.dtype(getattr(ml_dtypes, name)) if name == "bfloat16" else np.dtype(name)
+
+
+def torch_to_numpy(t) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np_dtype("bfloat16"))
+    return t.numpy()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class TensorInfo:
+    key: str
+    file: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name
+
+
+def weight_files(path: str) -> list[str]:
+    """The weight files of a checkpoint: a file, or a folder with an index / single weights file."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    for index in (SAFE_INDEX, BIN_INDEX):
+        p = os.path.join(path, index)
+        if os.path.isfile(p):
+            with open(p, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            return [os.path.join(path, name) for name in dict.fromkeys(weight_map.values())]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(path, name)):
+            return [os.path.join(path, name)]
+    found = sorted(n for n in os.listdir(path) if n.endswith((".safetensors", ".bin")) and "optimizer" not in n)
+    if not found:
+        raise FileNotFoundError(f"{path}: no *.safetensors / *.bin weights (nor an index) found")
+    return [os.path.join(path, n) for n in found]
+
+
+class _File:
+    """One open weight file: keys, metadata, tensor loading."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.is_safe = path.endswith(".safetensors")
+        if self.is_safe:
+            from safetensors import safe_open
+
+            self._f = safe_open(path, framework="numpy")
+            self._tensors = None
+        else:
+            import torch
+
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+                obj = obj["state_dict"]
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+            self._tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+    def keys(self) -> list[str]:
+        return list(self._f.keys()) if self.is_safe else list(self._tensors)
+
+    def info(self, key: str) -> TensorInfo:
+        if self.is_safe:
+            sl = self._f.get_slice(key)
+            return TensorInfo(key, self.path, tuple(sl.get_shape()), _ST_TO_NP[sl.get_dtype()])
+        t = self._tensors[key]
+        return TensorInfo(key, self.path, tuple(t.shape), str(t.dtype).replace("torch.", ""))
+
+    def get(self, key: str) -> np.ndarray:
+        return self._f.get_tensor(key) if self.is_safe else torch_to_numpy(self._tensors[key])
+
+    def close(self) -> None:
+        self._f = None
+        self._tensors = None
+
+
+class TensorReader:
+    """Streams the tensors of a checkpoint (file or folder), one file open at a time."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.files = weight_files(path)
+
+    def infos(self) -> list[TensorInfo]:
+        out = []
+        for path in self.files:
+            f = _File(path)
+            out.extend(f.info(k) for k in f.keys())
+            f.close()
+        return out
+
+    def iter_tensors(self, keys: Optional[set] = None) -> Iterator[tuple[str, np.ndarray]]:
+        """(key, array) for every tensor (or only `keys`); each array is a fresh copy."""
+        for path in self.files:
+            f = _File(path)
+            try:
+                for k in f.keys():
+                    if keys is None or k in keys:
+                        yield k, np.array(f.get(k), copy=True)
+            finally:
+                f.close()
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+    """All tensors of a (small) checkpoint, e.g. a stage-1 mm_projector.bin."""
+    return dict(TensorReader(path).iter_tensors())
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _shard_plan(items: list[tuple[str, tuple, str]], max_shard_bytes: int) -> list[list[int]]:
+    shards: list[list[int]] = [[]]
+    size = 0
+    for i, (_, shape, dtype) in enumerate(items):
+        n = int(np.prod(shape, dtype=np.int64)) * np_dtype(dtype).itemsize
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(i)
+        size += n
+    return shards
+
+
+class ShardedSafetensorsWriter:
+    """Writes HF-style (sharded) safetensors one tensor at a time.
+
+    The headers are computed up front from the planned names/shapes/dtypes, so each tensor's bytes
+    go straight to disk (the safetensors library would need a whole shard in memory). Files are
+    standard safetensors (`safe_open` and `from_pretrained` read them).
+    One shard -> `<prefix>.safetensors`; several -> `<prefix>-0000i-of-0000n.safetensors` + index.
+    """
+
+    def __init__(self, out_dir: str, items: list[tuple[str, tuple, str]], max_shard_bytes: int = 5 * 2**30,
+                 prefix: str = "model", metadata: Optional[dict] = None):
+        os.makedirs(out_dir, exist_ok=True)
+        self.items = {name: (tuple(shape), dtype) for name, shape, dtype in items}
+        if len(self.items) != len(items):
+            raise ValueError("duplicate tensor names in the write plan")
+        plan = _shard_plan(items, max_shard_bytes)
+        n = len(plan)
+        names = [f"{prefix}.safetensors"] if n == 1 else [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.paths = [os.path.join(out_dir, nm) for nm in names]
+        self.where: dict[str, tuple[int, int, int]] = {}  # name -> (shard, absolute offset, nbytes)
+        self.written: set[str] = set()
+        self._handles = []
+        total = 0
+        for shard, (path, idxs) in enumerate(zip(self.paths, plan)):
+            header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+            offset = 0
+            entries = []
+            for i in idxs:
+                name, shape, dtype = items[i]
+                nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype(dtype).itemsize
+                header[name] = {"dtype": _NP_TO_ST[np_dtype(dtype).name], "shape": list(shape),
+                                "data_offsets": [offset, offset + nbytes]}
+                entries.append((name, offset, nbytes))
+                offset += nbytes
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)
+            base = 8 + len(raw)
+            fh = open(path, "wb")
+            fh.write(struct.pack("<Q", len(raw)) + raw)
+            fh.truncate(base + offset)
+            self._handles.append(fh)
+            for name, off, nbytes in entries:
+                self.where[name] = (shard, base + off, nbytes)
+            total += offset
+        self.index = None
+        if n > 1:
+            self.index = {"metadata": {"total_size": total},
+                          "weight_map": {items[i][0]: names[s] for s, idxs in enumerate(plan) for i in idxs}}
+            with open(os.path.join(out_dir, f"{prefix}.safetensors.index.json"), "w", encoding="utf-8") as f:
+                json.dump(self.index, f, indent=2, sort_keys=True)
+                f.write("\n")
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        if name not in self.items:
+            raise KeyError(f"tensor '{name}' is not in the write plan")
+        shape, dtype = self.items[name]
+        array = np.ascontiguousarray(array)
+        if tuple(array.shape) != shape or array.dtype != np_dtype(dtype):
+            raise ValueError(f"tensor '{name}': planned {shape} {dtype}, got {tuple(array.shape)} {array.dtype}")
+        shard, offset, nbytes = self.where[name]
+        fh = self._handles[shard]
+        fh.seek(offset)
+        fh.write(array.reshape(-1).view(np.uint8).data)
+        self.written.add(name)
+
+    def close(self) -> None:
+        for fh in self._handles:
+            fh.close()
+        missing = set(self.items) - self.written
+        if missing:
+            raise RuntimeError(f"{len(missing)} planned tensors were never written, e.g. {sorted(missing)[:5]}")
