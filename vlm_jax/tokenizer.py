@@ -19,6 +19,8 @@ import os
 import re
 from typing import Any
 
+import numpy as np
+
 IMAGE_TOKEN = "<image>"
 SPIECE_UNDERLINE = "▁"
 
@@ -155,10 +157,8 @@ class SentencePieceTokenizer:
 
     # -- encoding ---------------------------------------------------------------------
 
-    def _encode_text(self, text: str) -> list[tuple[int, int]]:
-        """SentencePiece on special-free text -> [(id, start char in text)] (LlamaTokenizer._tokenize)."""
-        if not text:
-            return []
+    def _encode_text(self, text: str) -> tuple[list[int], np.ndarray]:
+        """SentencePiece on special-free text -> ids, start char of each (LlamaTokenizer._tokenize)."""
         shift = 0
         if not self.legacy and text.startswith((SPIECE_UNDERLINE, " ")):
             # SentencePiece without dummy prefix drops a leading "▁"; encoding "<unk>" + text
@@ -166,9 +166,10 @@ class SentencePieceTokenizer:
             shift = len(self.unk_token)
             text = self.unk_token + text
         proto = self._sp_encode.encode(text, out_type="proto")
-        byte_to_char = _byte_to_char(text)
         pieces = proto.pieces[self._unk_len :] if shift else proto.pieces
-        return [(p.id, byte_to_char[min(p.begin, len(byte_to_char) - 1)] - shift) for p in pieces]
+        ids = [p.id for p in pieces]
+        begins = np.minimum(np.asarray([p.begin for p in pieces], np.int64), len(text.encode("utf-8")))
+        return ids, _byte_to_char(text)[begins] - shift
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
         """Token ids of `text` (no BOS) and, per token, the index of its first character in
@@ -179,23 +180,27 @@ class SentencePieceTokenizer:
             work, shift = text, 0
         else:
             work, shift = SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " "), 1
-        out: list[tuple[int, int]] = []
+        ids: list[int] = []
+        starts: list[np.ndarray] = []
         pos = 0
         parts = self._split_re.split(work) if self._split_re else [work]
         for i, part in enumerate(parts):
             if not part:
                 continue
             if i % 2 == 1:  # a special token matched by the split pattern
-                out.append((self.convert_tokens_to_ids(part), pos))
+                ids.append(self.convert_tokens_to_ids(part))
+                starts.append(np.asarray([pos]))
             else:
-                out.extend((tid, pos + s) for tid, s in self._encode_text(part))
+                part_ids, part_starts = self._encode_text(part)
+                ids += part_ids
+                starts.append(part_starts + pos)
             pos += len(part)
+        offsets = np.clip(np.concatenate(starts) - shift, 0, len(text) - 1).tolist()
         # LlamaTokenizer.tokenize: drop the prefix "▁" when a special token follows it.
-        prefix_id = self.sp.piece_to_id(SPIECE_UNDERLINE)
-        if not self.legacy and len(out) > 1 and out[0] == (prefix_id, 0) and out[1][0] in self._special_ids():
-            out = out[1:]
-        last = len(text) - 1
-        return [t for t, _ in out], [min(max(s - shift, 0), last) for _, s in out]
+        if (not self.legacy and len(ids) > 1 and ids[0] == self.sp.piece_to_id(SPIECE_UNDERLINE)
+                and offsets[0] == 0 and ids[1] in self._special_ids()):
+            ids, offsets = ids[1:], offsets[1:]
+        return ids, offsets
 
     def _special_ids(self) -> set[int]:
         return {self.convert_tokens_to_ids(t) for t in self._specials}
@@ -222,13 +227,14 @@ class SentencePieceTokenizer:
         return "".join(out)
 
 
-def _byte_to_char(text: str) -> list[int]:
+def _byte_to_char(text: str) -> np.ndarray:
     """Map each UTF-8 byte offset of `text` (plus the end) to a character index."""
-    table: list[int] = []
-    for ci, ch in enumerate(text):
-        table.extend([ci] * len(ch.encode("utf-8")))
-    table.append(len(text))
-    return table
+    n = len(text)
+    if text.isascii():
+        return np.arange(n + 1)
+    code = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    nbytes = 1 + (code >= 0x80) + (code >= 0x800) + (code >= 0x10000)
+    return np.append(np.repeat(np.arange(n), nbytes), n)
 
 
 class HFTokenizer:
@@ -263,8 +269,10 @@ class HFTokenizer:
         return len(self.hf)
 
     def convert_tokens_to_ids(self, token: str) -> int | None:
-        vocab = self.hf.get_vocab()
-        return vocab.get(token)
+        idx = self.hf.convert_tokens_to_ids(token)
+        if idx is None or (idx == self.hf.unk_token_id and token != self.hf.unk_token):
+            return None
+        return idx
 
     def id_to_piece(self, idx: int) -> str:
         return self.hf.convert_ids_to_tokens(int(idx))
