@@ -288,3 +288,21 @@ def test_stop_token_ids_hf(hf_toks):
     assert qwen.convert_tokens_to_ids("<|im_end|>") in T.stop_token_ids("chatml", qwen)
     llama3, _ = hf_toks["llama_3"]
     assert llama3.convert_tokens_to_ids("<|eot_id|>") in T.stop_token_ids("llama_3", llama3)
+
+
+def test_interleaved_images_stay_in_place_when_asked(sp):
+    ours, _ = sp[False]
+    conv = [H("Look <image> then <image> now"), G("Ok.")]
+    moved = T.render_prompt(conv, "vicuna_v1", add_generation_prompt=False)
+    kept = T.render_prompt(conv, "vicuna_v1", add_generation_prompt=False, images_first=False)
+    assert "USER: <image>\n<image>\nLook  then  now ASSISTANT:" in moved
+    assert "USER: Look <image> then <image> now ASSISTANT:" in kept
+    enc = T.encode(conv, "vicuna_v1", ours, images_first=False)
+    assert enc.num_images == 2 and not enc.label_mask[enc.tokens == T.IMAGE_MARKER].any()
+
+
+def test_plain_generation_prompt_is_the_training_prefix(sp):
+    ours, _ = sp[False]
+    conv = CONVS["single_image"]
+    assert T.generation_prompt(conv[:1], "plain", ours).tolist() == [ours.bos_id, T.IMAGE_MARKER]
+    assert T.encode(conv, "plain", ours).tokens[:2].tolist() == [ours.bos_id, T.IMAGE_MARKER]
