@@ -218,7 +218,7 @@ def test_tokenizer_loads_with_autotokenizer_and_matches_sentencepiece(data, toke
     assert (hf.unk_token_id, hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (0, 1, 2, 3)
     assert hf.convert_tokens_to_ids("<image>") == 4 and len(hf) == 800
     texts = sorted({text for _, text in _all_texts(root)})
-    assert train_tokenizer.check_hf_matches(tokenizer_dir, texts) == []
+    assert train_tokenizer.check_hf_matches(tokenizer_dir, texts + ["\n" + t for t in texts[::10]]) == []
     for text in texts[::50]:
         assert hf.decode(hf(text)["input_ids"], skip_special_tokens=True) == text
 

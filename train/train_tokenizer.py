@@ -29,16 +29,17 @@ from typing import Iterable
 import sentencepiece as spm
 
 UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
-TOKENIZER_VERSION = 1
-# Strings the chat templates add around the data (vicuna_v1, plain), so they get compact pieces.
+TOKENIZER_VERSION = 2
+# Strings the chat templates add around the data (vicuna_v1, plain), so they get compact pieces;
+# "</s>USER:" teaches a "USER" piece without "▁", as it follows the end of a turn.
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-TEMPLATE_LINES = (VICUNA_SYSTEM, "USER:", "ASSISTANT:")
+TEMPLATE_LINES = (VICUNA_SYSTEM, "USER:", "ASSISTANT:", "</s>USER:")
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int = 3000, num_threads: int = 2) -> bytes:
-    """Train on `texts` (one sentence each; newlines inside are split off) and return the model proto."""
-    lines = [line for text in texts for line in text.split("\n") if line]
+    """Train on `texts` (one sentence each, newlines allowed) and return the model proto."""
+    lines = [text for text in texts if text]
     if not lines:
         raise ValueError("empty tokenizer corpus")
     model = io.BytesIO()
@@ -112,7 +113,8 @@ def _json_texts(paths: Iterable[str]) -> Iterable[str]:
         with open(path, encoding="utf-8") as f:
             for record in json.load(f):
                 for turn in record["conversations"]:
-                    yield turn["value"].replace(IMAGE + "\n", "").replace(IMAGE, "")
+                    # Keep the "\n" after an image: the first word then learns a piece without "▁".
+                    yield turn["value"].replace(IMAGE, "")
 
 
 def corpus(json_paths: Iterable[str]) -> list[str]:
@@ -175,7 +177,7 @@ def main(argv=None) -> int:
     _, trained = build_tokenizer(paths, out, args.vocab_size, force=args.force)
     print(f"{'trained' if trained else 'reusing'} tokenizer in {out} ({time.time() - t0:.1f}s)")
     if args.check:
-        bad = check_hf_matches(out, sorted(set(_json_texts(paths))))
+        bad = check_hf_matches(out, sorted(set(_json_texts(paths)) | {t.replace("\n", "") for t in _json_texts(paths)}))
         print(f"HF vs SentencePiece: {len(bad)} differing texts" + (f", e.g. {bad[0]!r}" if bad else ""))
         return 1 if bad else 0
     return 0
