@@ -16,7 +16,7 @@ def conv(q="hi", a="ok"):
 BAD = {
     "malformed_record": {"id": "bad", "conversations": "not a list"},
     "empty_conversation": {"id": "bad", "conversations": []},
-    "bad_role_order": {"id": "bad", "conversations": conv()[::-1]},
+    "bad_role_order": {"id": "bad", "conversations": conv()[:1] + conv()},
     "image_tag_mismatch": {"id": "bad", "image": "img0.png", "conversations": conv("<image> <image> two tags")},
     "too_many_images": {"id": "bad", "image": ["img0.png"] * 4,
                         "conversations": conv("<image>" * 4 + " four")},

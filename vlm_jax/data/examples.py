@@ -17,7 +17,7 @@ from vlm_jax.data.sources import RawRecord, parse_record
 
 IMAGE_TAG = "<image>"
 IMAGE_MARKER = -200  # what templates.encode emits for each <image>
-_ROLES = ("human", "gpt")
+_ROLE = {"human": 0, "user": 0, "gpt": 1, "assistant": 1}
 
 # (conversations) -> (tokens int32[T] with IMAGE_MARKER per image, label_mask bool[T])
 EncodeFn = Callable[[list], tuple]
@@ -38,11 +38,17 @@ class ExampleSpec:
 
 
 def check_conversation(conv: list) -> None:
-    if not conv or all(not t["value"].strip() for t in conv):
+    """LLaVA's rules: optional leading system message, a leading assistant turn is dropped, then
+    user/assistant alternate (human|user, gpt|assistant)."""
+    turns = conv[1:] if conv and conv[0]["from"] == "system" else list(conv)
+    if turns and _ROLE.get(turns[0]["from"]) == 1:
+        turns = turns[1:]
+    if not turns or all(not t["value"].strip() for t in turns):
         raise SkipExample("empty_conversation")
-    for i, turn in enumerate(conv):
-        if turn["from"] != _ROLES[i % 2]:
-            raise SkipExample("bad_role_order", f"turn {i} is from {turn['from']!r}, expected {_ROLES[i % 2]!r}")
+    for i, turn in enumerate(turns):
+        if _ROLE.get(turn["from"]) != i % 2:
+            want = ("human", "gpt")[i % 2]
+            raise SkipExample("bad_role_order", f"turn {i} is from {turn['from']!r}, expected {want!r}")
 
 
 def expand_images(tokens: np.ndarray, label_mask: np.ndarray, n: int, image_token_id: int):

@@ -63,7 +63,7 @@ def decode(data: bytes, name: str = "") -> Image.Image:
         raise SkipExample("corrupt_image", f"{name}: {e}") from None
     try:
         img.load()
-        return img.convert("RGB")
+        return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise SkipExample("corrupt_image", f"{name}: {e}") from None
 

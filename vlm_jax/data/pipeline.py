@@ -141,6 +141,10 @@ class DataLoader:
             batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
         return batch
 
+    def next_row(self) -> dict:
+        """One packed row (no batch axis); shares the iterator and state with `__next__`."""
+        return next(self._it)
+
     def get_state(self) -> dict:
         return self._it.get_state()
 
@@ -152,12 +156,16 @@ class DataLoader:
         return self._it.stats()
 
 
-def make_loader(config: Any, *, batch_size: int, tokens_per_image: int, process_index: Optional[int] = None,
+def make_loader(config: Any, *, batch_size: int, tokens_per_image: Optional[int] = None, process_index: Optional[int] = None,
                 process_count: Optional[int] = None, split: str = "train", tokenizer=None,
                 encode: Optional[ex_lib.EncodeFn] = None, sources=None) -> DataLoader:
     """Loader from the root Config (`config.data`, `config.model`); `batch_size` is per process.
 
-    `tokens_per_image` is N, `VLM.tokens_per_image(config.model)`."""
+    `tokens_per_image` is N; by default `VLM.tokens_per_image(config.model)`."""
+    if tokens_per_image is None:
+        from vlm_jax.models.vlm import VLM  # noqa: PLC0415 (only the count; no model is built)
+
+        tokens_per_image = int(VLM.tokens_per_image(config.model))
     if process_index is None or process_count is None:
         import jax  # noqa: PLC0415
 
