@@ -2,6 +2,7 @@
 added tokens and the <image> token."""
 
 import json
+import pickle
 import shutil
 
 import pytest
@@ -95,6 +96,15 @@ def test_folder_with_tokenizer_config(sp_model, tmp_path):
     ids = tok.encode("a <image> b")
     assert n in ids and tok.id_to_piece(n) == "<image>"
     assert load_tokenizer(str(tmp_path), legacy=False).legacy is False
+    # A config without "legacy" means the slow LlamaTokenizer's default, True.
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    assert load_tokenizer(str(tmp_path)).legacy is True
+
+
+def test_tokenizers_pickle(sp_model, tmp_path):
+    # Grain may run the template in worker processes.
+    for tok in (load_tokenizer(sp_model), load_tokenizer(build_byte_bpe(str(tmp_path), "qwen2"))):
+        assert pickle.loads(pickle.dumps(tok)).encode("Hi </s> <|im_end|>") == tok.encode("Hi </s> <|im_end|>")
 
 
 def test_add_image_token_sentencepiece(sp_model):

@@ -84,7 +84,11 @@ class SentencePieceTokenizer:
         self.eos_token = eos_token or piece(self.sp.eos_id())
         self.unk_token = unk_token or piece(self.sp.unk_id()) or "<unk>"
         self.pad_token = pad_token
-        self._added: dict[str, int] = dict(added_tokens or {})
+        # Added tokens that are already SentencePiece pieces (<s>, </s>, <unk>) need no entry.
+        self._added: dict[str, int] = {
+            t: i for t, i in (added_tokens or {}).items()
+            if i >= self.sp.get_piece_size() or self.sp.id_to_piece(i) != t
+        }
         self._added_by_id = {i: t for t, i in self._added.items()}
         self._unk_len = len(self._sp_encode.encode(self.unk_token))
         self._rebuild_split()
@@ -302,12 +306,19 @@ class HFTokenizer:
 Tokenizer = SentencePieceTokenizer | HFTokenizer
 
 
+def _legacy_setting(cfg: dict) -> bool:
+    if cfg.get("legacy") is not None:
+        return bool(cfg["legacy"])
+    return bool(cfg)
+
+
 def load_tokenizer(path: str, *, backend: str | None = None, legacy: bool | None = None) -> Tokenizer:
     """Load `path`: a SentencePiece `.model` file, or a folder.
 
     A folder with `tokenizer.model` loads through SentencePiece (what LLaVA's slow tokenizer
     does) unless `backend="hf"`; otherwise `transformers.AutoTokenizer` (local files only).
-    `legacy` defaults to the folder's tokenizer_config.json, else False (Vicuna-1.5, Llama-2).
+    `legacy` defaults to the folder's tokenizer_config.json setting; a config without one means
+    True (the slow LlamaTokenizer's default), no config at all means False (Vicuna-1.5, Llama-2).
     Added tokens (e.g. llava-hf's `<image>`) come from tokenizer_config.json / added_tokens.json.
     """
     if os.path.isfile(path):
@@ -324,21 +335,15 @@ def load_tokenizer(path: str, *, backend: str | None = None, legacy: bool | None
         added = {k: int(v) for k, v in _read_json(os.path.join(path, "added_tokens.json")).items()}
         for idx, tok in (cfg.get("added_tokens_decoder") or {}).items():
             added[_token_content(tok)] = int(idx)
-        tok = SentencePieceTokenizer(
+        return SentencePieceTokenizer(
             sp_file,
-            legacy=cfg.get("legacy", False) if legacy is None else legacy,
+            legacy=_legacy_setting(cfg) if legacy is None else legacy,
             bos_token=_token_content(cfg.get("bos_token")),
             eos_token=_token_content(cfg.get("eos_token")),
             unk_token=_token_content(cfg.get("unk_token")),
             pad_token=_token_content(cfg.get("pad_token")),
+            added_tokens=added,
         )
-        # Tokens that are already SentencePiece pieces (<s>, </s>, <unk>) need no entry.
-        for content, idx in added.items():
-            if idx >= tok.sp.get_piece_size() or tok.sp.id_to_piece(idx) != content:
-                tok._added[content] = idx
-                tok._added_by_id[idx] = content
-        tok._rebuild_split()
-        return tok
     if backend != "hf":
         raise ValueError(f"unknown tokenizer backend {backend!r}")
     from transformers import AutoTokenizer
