@@ -81,8 +81,8 @@ def test_kv_cache_equals_recompute_and_layouts():
     full = np.concatenate([np.asarray(batch["tokens"]), toks], axis=1)
     seg = np.concatenate([mask, np.ones_like(toks, bool)], axis=1).astype(np.int32)
     pos = np.maximum(np.cumsum(seg, axis=1) - 1, 0)
-    logits = VLM(cfg).apply({"params": params}, {"tokens": jnp.asarray(full), "images": batch["images"],
-                                                 "segment_ids": jnp.asarray(seg), "positions": jnp.asarray(pos)})
+    logits = jax.jit(VLM(cfg).apply)({"params": params}, {"tokens": jnp.asarray(full), "images": batch["images"],
+                                                          "segment_ids": jnp.asarray(seg), "positions": jnp.asarray(pos)})
     logits = np.asarray(logits)
     got = np.asarray(state.logits)
     for i in range(len(prompts)):

@@ -59,29 +59,44 @@ class DecodeState(NamedTuple):
     key_valid: jax.Array  # [B, S] bool: prompt keys (generated keys are valid up to the step)
     lengths: jax.Array  # [B] real prompt tokens per row (the first generated position)
     rng: jax.Array
+    knobs: dict  # temperature / top_k / top_p as arrays
     logits: Optional[jax.Array]  # [B, max_new, V] when return_logits
 
 
 # ----------------------------------------------------------------------------- sampling
 
 
-def sample_logits(logits: jax.Array, rng: jax.Array, sc: SamplingConfig) -> jax.Array:
-    """[B, V] float32 -> [B] int32. HF's warper order: temperature, top-k, top-p."""
+def sample_logits(logits: jax.Array, rng: jax.Array, sc: SamplingConfig, knobs: Optional[dict] = None) -> jax.Array:
+    """[B, V] float32 -> [B] int32. HF's warper order: temperature, top-k, top-p.
+
+    `knobs` holds temperature/top_k/top_p as traced scalars (see `sampling_knobs`), so changing
+    them never recompiles; only greedy-or-not is static."""
     if sc.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / sc.temperature
-    if sc.top_k > 0:
-        kth = jax.lax.top_k(logits, min(sc.top_k, logits.shape[-1]))[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if sc.top_p < 1.0:
-        order = jnp.argsort(-logits, axis=-1)
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        # Drop a token when the tokens ranked above it already reach top_p (the top one always stays).
-        drop_sorted = (jnp.cumsum(probs, axis=-1) - probs) >= sc.top_p
-        drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
-        logits = jnp.where(drop, -jnp.inf, logits)
+    knobs = sampling_knobs(sc) if knobs is None else knobs
+    vocab = logits.shape[-1]
+    logits = logits.astype(jnp.float32) / knobs["temperature"]
+    desc = -jnp.sort(-logits, axis=-1)
+    k = jnp.where(knobs["top_k"] > 0, jnp.minimum(knobs["top_k"], vocab), vocab)
+    desc = jnp.where(jnp.arange(vocab)[None] < k, desc, -jnp.inf)
+    probs = jax.nn.softmax(desc, axis=-1)
+    # keep a token while the tokens ranked above it have not reached top_p (the top one always stays)
+    keep = ((jnp.cumsum(probs, axis=-1) - probs) < knobs["top_p"]) | (knobs["top_p"] >= 1.0)
+    keep = keep & (jnp.arange(vocab)[None] < k)
+    count = jnp.maximum(keep.sum(axis=-1, keepdims=True), 1)
+    threshold = jnp.take_along_axis(desc, count - 1, axis=-1)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def sampling_knobs(sc: SamplingConfig) -> dict:
+    return {"temperature": jnp.float32(max(sc.temperature, 1e-6)), "top_k": jnp.int32(sc.top_k),
+            "top_p": jnp.float32(sc.top_p)}
+
+
+def static_part(sc: SamplingConfig) -> SamplingConfig:
+    """What the compiled functions depend on (the knobs are passed as arrays)."""
+    return dataclasses.replace(sc, temperature=0.0 if sc.greedy else 1.0, top_k=0, top_p=1.0)
 
 
 def _stop_table(sc: SamplingConfig) -> Optional[np.ndarray]:
@@ -170,9 +185,11 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, unroll: bool = True):
 # ----------------------------------------------------------------------------- prefill / decode
 
 
-def prefill(cfg: ModelConfig, params: dict, batch: dict, rng: jax.Array, sc: SamplingConfig) -> DecodeState:
+def prefill(cfg: ModelConfig, params: dict, batch: dict, rng: jax.Array, sc: SamplingConfig,
+            knobs: Optional[dict] = None) -> DecodeState:
     """Run the prompts (`tokens`, `prompt_mask`, optional `images` [B,M,K,H,W,3]) through the model,
     fill the caches and sample the first token of every row."""
+    knobs = sampling_knobs(sc) if knobs is None else knobs
     model = VLM(cfg)
     tokens = batch["tokens"]
     b, length = tokens.shape
@@ -199,13 +216,14 @@ def prefill(cfg: ModelConfig, params: dict, batch: dict, rng: jax.Array, sc: Sam
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)
     logits = _final_logits(model, params, h_last)[:, 0]
 
-    first = sample_logits(logits, jax.random.fold_in(rng, 0), sc)
+    first = sample_logits(logits, jax.random.fold_in(rng, 0), sc, knobs)
     out = jnp.full((b, sc.max_new_tokens), sc.pad_id, jnp.int32).at[:, 0].set(first)
     done = _hits_stop(out, jnp.int32(0), first, sc)
     all_logits = None
     if sc.return_logits:
         all_logits = jnp.zeros((b, sc.max_new_tokens, logits.shape[-1]), jnp.float32).at[:, 0].set(logits)
-    return DecodeState(jnp.int32(1), out, done, jnp.ones((b,), jnp.int32), cache, key_valid, lengths, rng, all_logits)
+    return DecodeState(jnp.int32(1), out, done, jnp.ones((b,), jnp.int32), cache, key_valid, lengths, rng, knobs,
+                       all_logits)
 
 
 def decode_step(cfg: ModelConfig, params: dict, layers, state: DecodeState, sc: SamplingConfig) -> DecodeState:
@@ -225,7 +243,7 @@ def decode_step(cfg: ModelConfig, params: dict, layers, state: DecodeState, sc: 
     h, cache = _run_layers(cfg, layers, x, cos, sin, mask, state.cache, index, sc.unroll_layers)
     logits = _final_logits(model, params, h)[:, 0]
 
-    new = sample_logits(logits, jax.random.fold_in(state.rng, step), sc)
+    new = sample_logits(logits, jax.random.fold_in(state.rng, step), sc, state.knobs)
     new = jnp.where(state.done, sc.pad_id, new)
     tokens = jax.lax.dynamic_update_index_in_dim(state.tokens, new, step, axis=1)
     done = state.done | _hits_stop(tokens, step, new, sc)
@@ -251,8 +269,8 @@ def decode(cfg: ModelConfig, params: dict, state: DecodeState, limit: jax.Array,
 
 
 @partial(jax.jit, static_argnames=("cfg", "sc"))
-def prefill_jit(params, batch, rng, *, cfg: ModelConfig, sc: SamplingConfig) -> DecodeState:
-    return prefill(cfg, params, batch, rng, sc)
+def prefill_jit(params, batch, rng, knobs, *, cfg: ModelConfig, sc: SamplingConfig) -> DecodeState:
+    return prefill(cfg, params, batch, rng, sc, knobs)
 
 
 @partial(jax.jit, static_argnames=("cfg", "sc"), donate_argnames=("state",))
@@ -265,8 +283,10 @@ def generate(cfg: ModelConfig, params: dict, batch: dict, sc: SamplingConfig, rn
     """Prefill + decode. With `chunk` > 0 the loop runs in segments of `chunk` tokens and
     `on_tokens(state)` is called after the prefill and after every segment (streaming)."""
     cfg = hashable_config(cfg)
+    params = jax.tree.map(jnp.asarray, params)
     rng = jax.random.key(0) if rng is None else rng
-    state = prefill_jit(params, batch, rng, cfg=cfg, sc=sc)
+    knobs, sc = sampling_knobs(sc), static_part(sc)
+    state = prefill_jit(params, batch, rng, knobs, cfg=cfg, sc=sc)
     if on_tokens is not None:
         on_tokens(state)
     limit = 1
