@@ -11,7 +11,7 @@ from PIL import Image
 from train import make_demo_data, train_tokenizer
 from vlm_jax.data import synthetic as S
 from vlm_jax.data import synthetic_files as F
-from vlm_jax.data.synthetic_lang import LANGUAGES, in_language_script
+from vlm_jax.data.synthetic_lang import LANGUAGES, RIDDLE_SHAPES, WORLD_COLORS, in_language_script
 
 PARAMS = S.Params(seed=3, num_train=120, num_eval=8)
 QUOTED = re.compile(r'"[^"]*"|“[^”]*”|«[^»]*»|「[^」]*」')  # translation tasks quote a foreign word
@@ -146,6 +146,11 @@ def test_grammar_spot_checks():
     q = {fr.ask_position(star, 0, random.Random(i))[0] for i in range(8)}
     assert q == {"L'étoile est-elle à gauche ou à droite ?", "L'étoile est-elle à droite ou à gauche ?"}
     assert es.ask_position(star, 2, rng)[1] == "arriba" and "¿La estrella está" in es.ask_position(star, 2, rng)[0]
+    for lang in LANGUAGES.values():  # text-only answers name the intended colour / shape
+        for (_, answer), c in zip(lang.world, WORLD_COLORS):
+            forms = {lang.colors[c], getattr(lang, "colors_f", lang.colors)[c]} | ({"синее"} if lang.code == "ru" else set())
+            assert answer in forms, (lang.code, answer)
+        assert len(lang.riddles) == len(RIDDLE_SHAPES) and len(set(lang.colors)) == len(lang.colors) == 6
 
 
 def test_eval_layout(data):
