@@ -53,7 +53,7 @@ def write_images(folder: str, count: int, size: tuple[int, int], fmt: str) -> li
 def loader(path, folder, L, M, packing, image_size, workers, batch=8):
     cfg = DataConfig(sources=[DataSourceConfig(path=path, image_folder=folder)], seq_len=L, max_images=M,
                      packing=packing, num_epochs=1, num_workers=workers, shuffle=True,
-                     image=ImageConfig(aspect="pad", image_size=image_size))
+                     image=ImageConfig(aspect="pad", image_size=image_size, tiling="none"))
     return DataLoader(cfg, batch_size=batch, tokens_per_image=N_IMG, image_token_id=32000,
                       image_size=image_size, image_mean=MEAN, encode=word_encode)
 

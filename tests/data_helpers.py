@@ -77,7 +77,7 @@ def write_json(path: str, records) -> str:
 
 
 def data_config(path: str, image_folder: str, **kw) -> DataConfig:
-    image = kw.pop("image", ImageConfig(image_size=8))
+    image = kw.pop("image", ImageConfig(image_size=8, tiling="none"))
     defaults = dict(seq_len=64, max_images=3, num_workers=2, prefetch=8, pack_window=8)
     defaults.update(kw)
     return DataConfig(sources=[DataSourceConfig(path=path, image_folder=image_folder)], image=image, **defaults)

@@ -86,6 +86,11 @@ def test_tiles_are_global_view_then_2x2_row_major():
     np.testing.assert_array_equal(out[2], big[:16, 16:])
     np.testing.assert_array_equal(out[3], big[16:, :16])
     assert img_lib.crops(img, "resize", 16, CLIP_MEAN).shape == (1, 16, 16, 3)
+    three = img_lib.crops(img, "crop", 8, CLIP_MEAN, tiling="3x3")
+    assert three.shape == (10, 8, 8, 3)
+    np.testing.assert_array_equal(three[5], img_lib.preprocess(img, "crop", 24, CLIP_MEAN)[8:16, 8:16])
+    with pytest.raises(ValueError):
+        img_lib.num_crops("2x3")
 
 
 def test_path_escaping_the_folder_is_refused(tmp_path):

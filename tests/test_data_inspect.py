@@ -73,3 +73,17 @@ def test_inspector_text_and_bad_usage(setup):
     bad = subprocess.run([sys.executable, "-m", "train.inspect_data", "--config", path, "data.nope=1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "data.nope" in bad.stderr
+
+
+def test_tiling_follows_the_model(setup):
+    from vlm_jax.config import Config, load
+    from vlm_jax.data.errors import DataError
+    from vlm_jax.data.pipeline import make_loader
+
+    path, _, _ = setup
+    ms = ["model.projector.type=multiscale-pool", "data.num_epochs=1"]
+    loader = make_loader(load(Config, path, ms), batch_size=2, process_index=0, process_count=1)
+    assert next(loader)["images"].shape[2:] == (5, 28, 28, 3)
+    with pytest.raises(DataError, match="tiling"):
+        make_loader(load(Config, path, ms + ["data.image.tiling=none"]), batch_size=2, process_index=0,
+                    process_count=1)

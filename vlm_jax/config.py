@@ -136,9 +136,11 @@ class DataSourceConfig:
 class ImageConfig:
     aspect: str = "pad"  # pad (LLaVA expand2square with the mean colour) | resize | crop (CLIP)
     image_size: Optional[int] = None  # None = model.vision.image_size
-    mean: Optional[tuple[float, ...]] = None  # padding colour / normalisation; None = model.vision
-    std: Optional[tuple[float, ...]] = None
-    tiling: str = "none"  # none (K=1) | 2x2 (global view + 2x2 tiles, K=5: global first, row-major)
+    # padding colour for `pad` (int(255 * mean)); None = model.vision.image_mean. Normalisation
+    # happens in the model with model.vision.image_mean/std.
+    mean: Optional[tuple[float, ...]] = None
+    # auto (follow the model's projector) | none (K=1) | SxS (global view + SxS tiles, row-major; 2x2: K=5)
+    tiling: str = "auto"
     resample: str = "bicubic"  # bicubic | bilinear
 
 
@@ -160,11 +162,6 @@ class DataConfig:
     num_epochs: Optional[int] = None  # None = repeat forever
     num_workers: int = 4  # threads parsing / decoding / tokenizing
     prefetch: int = 64  # examples decoded ahead
-
-    @property
-    def num_crops(self) -> int:
-        """K: crops per image in the batch."""
-        return {"none": 1, "2x2": 5}.get(self.image.tiling, 1)
 
 
 # ----------------------------------------------------------------------------- root schema

@@ -21,14 +21,22 @@ from vlm_jax.data.errors import SkipExample
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 ASPECTS = ("pad", "resize", "crop")
-TILINGS = {"none": 1, "2x2": 5}
+
+
+def tile_grid(tiling: str) -> int:
+    """'none' -> 0, 'SxS' -> S (a global view plus S x S tiles)."""
+    if tiling == "none":
+        return 0
+    a, _, b = tiling.partition("x")
+    if not (a.isdigit() and a == b and int(a) >= 1):
+        raise ValueError(f"unknown tiling {tiling!r} (none, or SxS such as 2x2)")
+    return int(a)
 
 
 def num_crops(tiling: str) -> int:
-    """K: crops per image (1, or 5 = global view + 2x2 tiles)."""
-    if tiling not in TILINGS:
-        raise ValueError(f"unknown tiling {tiling!r} (one of {', '.join(TILINGS)})")
-    return TILINGS[tiling]
+    """K: crops per image (1, or 1 + S*S = global view + SxS tiles)."""
+    s = tile_grid(tiling)
+    return 1 + s * s if s else 1
 
 
 def resolve_path(folder: str, rel: str) -> str:
@@ -111,13 +119,13 @@ def preprocess(img: Image.Image, aspect: str, size: int, mean: Sequence[float], 
 
 def crops(img: Image.Image, aspect: str, size: int, mean: Sequence[float], tiling: str = "none",
           resample: str = "bicubic") -> np.ndarray:
-    """One image -> uint8 [K, size, size, 3]: the global view, then (2x2) tiles in row-major order."""
+    """One image -> uint8 [K, size, size, 3]: the global view, then the SxS tiles in row-major order
+    (the layout of the `multiscale-pool` projector)."""
     views = [preprocess(img, aspect, size, mean, resample)]
-    if tiling == "2x2":
-        big = preprocess(img, aspect, 2 * size, mean, resample)
-        views += [big[r * size : (r + 1) * size, c * size : (c + 1) * size] for r in (0, 1) for c in (0, 1)]
-    elif tiling != "none":
-        num_crops(tiling)
+    s = tile_grid(tiling)
+    if s:
+        big = preprocess(img, aspect, s * size, mean, resample)
+        views += [big[r * size : (r + 1) * size, c * size : (c + 1) * size] for r in range(s) for c in range(s)]
     return np.stack(views)
 
 

@@ -14,6 +14,7 @@ positions p, p+P, ..., so each record is read by exactly one process per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import grain
@@ -97,6 +98,8 @@ class DataLoader:
                  sources: Optional[Sequence[DataSourceConfig]] = None):
         if cfg.too_long not in ("truncate", "drop"):
             raise DataError(f"data.too_long must be truncate or drop, got {cfg.too_long!r}")
+        if cfg.image.tiling == "auto":
+            raise DataError("data.image.tiling=auto needs the model: build the loader with make_loader")
         if cfg.image.aspect not in img_lib.ASPECTS:
             raise DataError(f"data.image.aspect must be one of {img_lib.ASPECTS}, got {cfg.image.aspect!r}")
         self.batch_size = batch_size
@@ -161,16 +164,25 @@ def make_loader(config: Any, *, batch_size: int, tokens_per_image: Optional[int]
                 encode: Optional[ex_lib.EncodeFn] = None, sources=None) -> DataLoader:
     """Loader from the root Config (`config.data`, `config.model`); `batch_size` is per process.
 
-    `tokens_per_image` is N; by default `VLM.tokens_per_image(config.model)`."""
-    if tokens_per_image is None:
-        from vlm_jax.models.vlm import VLM  # noqa: PLC0415 (only the count; no model is built)
+    `tokens_per_image` is N; by default `VLM.tokens_per_image(config.model)`. `data.image.tiling`
+    `auto` follows the model (K = `VLM.crops_per_image`); an explicit tiling must agree with it."""
+    from vlm_jax.models.vlm import VLM  # noqa: PLC0415 (only counts; no model is built)
 
+    if tokens_per_image is None:
         tokens_per_image = int(VLM.tokens_per_image(config.model))
+    data = config.data
+    k = int(VLM.crops_per_image(config.model))
+    if data.image.tiling == "auto":
+        s = int(round((k - 1) ** 0.5))
+        data = dataclasses.replace(data, image=dataclasses.replace(data.image, tiling=f"{s}x{s}" if k > 1 else "none"))
+    elif img_lib.num_crops(data.image.tiling) != k:
+        raise DataError(f"data.image.tiling={data.image.tiling!r} gives {img_lib.num_crops(data.image.tiling)} "
+                        f"crops per image but the model's projector takes {k}")
     if process_index is None or process_count is None:
         import jax  # noqa: PLC0415
 
         process_index, process_count = jax.process_index(), jax.process_count()
-    data, model = config.data, config.model
+    model = config.model
     return DataLoader(
         data, batch_size=batch_size, tokens_per_image=tokens_per_image, image_token_id=model.image_token_id,
         image_size=data.image.image_size or model.vision.image_size,
