@@ -120,6 +120,8 @@ def test_weighted_mixture_is_exact(tmp_path):
     n_vis = int((batch["image_mask"].any(axis=1)).sum())
     assert n_vis == 3  # 12% of 25, rounded as Grain's exact interleave does
     assert len(example_keys(loader)) + 25 == len(lang) * 100 // 88
+    by_src = loader.stats()["examples_by_source"]
+    assert by_src["lang"] == len(lang) and by_src["vis"] == len(lang) * 12 // 88
 
 
 def test_long_samples_truncate_or_drop(tmp_path):

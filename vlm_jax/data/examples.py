@@ -122,6 +122,7 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
         "images": pixels,
         "id": rec.id,
         "truncated": truncated,
+        "source": raw.source,
     }
 
 

@@ -26,7 +26,7 @@ _PAD_ID = 0
 
 def empty_stats() -> dict:
     return {"examples": 0, "skipped_examples": 0, "skipped_by_reason": {}, "truncated_examples": 0,
-            "rows": 0, "tokens": 0, "images": 0}
+            "rows": 0, "tokens": 0, "images": 0, "examples_by_source": {}}
 
 
 def assemble_row(examples: list[dict], seq_len: int, max_images: int, image_shape: tuple) -> dict:
@@ -110,7 +110,9 @@ class PackIterator(grain.DatasetIterator):
             s["skipped_by_reason"][el["skip"]] = s["skipped_by_reason"].get(el["skip"], 0) + 1
         else:
             s["examples"] += 1
-            s["truncated_examples"] += int(el["truncated"])
+            s["truncated_examples"] += int(el.get("truncated", False))
+            src = el.get("source") or ""
+            s["examples_by_source"][src] = s["examples_by_source"].get(src, 0) + 1
 
     def _emit(self, b: _Bin) -> dict:
         self._stats["rows"] += 1
