@@ -1,0 +1,179 @@
+"""What the inference CLIs share: load a model (CKPT folder or HF/LLaVA folder converted in memory),
+turn (question, images) into prompt ids with image placeholders, batch, generate, decode.
+
+Batches are left-padded to a multiple of `PAD_TO` and filled up to a fixed row count so that a
+long evaluation compiles the prefill and the decode loop only a few times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlm_jax import generate as gen
+from vlm_jax.config import ModelConfig
+from vlm_jax.data import images as img_lib
+from vlm_jax.data import templates
+from vlm_jax.tokenizer import IMAGE_TOKEN, load_tokenizer
+
+PAD_TO = 32
+
+
+@dataclasses.dataclass
+class Loaded:
+    params: dict
+    cfg: ModelConfig
+    tokenizer: object
+    aspect: str  # image preprocessing: pad (LLaVA) | crop (HF CLIP processor) | resize (SigLIP)
+    name: str
+
+
+def _aspect_from_preprocessor(pre: Optional[dict]) -> str:
+    if not pre:
+        return "pad"
+    return "crop" if pre.get("do_center_crop") else "resize"
+
+
+def _hf_in_memory(src: str):
+    """An HF `LlavaForConditionalGeneration` folder -> (numpy params, cfg, preprocessor), no files written.
+    Original LLaVA folders go through the converter into a temporary CKPT."""
+    from convert import engine, hf_configs, hf_llava
+    from convert.files import read_json
+    from convert.tensor_io import TensorReader
+
+    config = read_json(os.path.join(src, "config.json")) or {}
+    pre = read_json(os.path.join(src, "preprocessor_config.json"))
+    if config.get("model_type") == "llava":
+        cfg = hf_llava.model_config(hf_configs.load_config(src), pre)
+        layout, vision_model = hf_llava.detect_layout([i.key for i in TensorReader(src).infos()])
+        to_canonical, _ = hf_llava.key_functions(layout, vision_model)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = engine.import_weights([engine.Source(src, to_canonical, False, "source")], cfg, tmp, progress=True)
+        return result.params, cfg, _aspect_from_preprocessor(pre)
+    from convert import llava_original
+    from vlm_jax.checkpoint import load_model_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        llava_original.import_checkpoint(src, tmp, progress=True)
+        params, cfg = load_model_checkpoint(tmp)
+    return params, cfg, "pad"
+
+
+def load(checkpoint: Optional[str] = None, hf: Optional[str] = None, tokenizer: Optional[str] = None) -> Loaded:
+    from vlm_jax.checkpoint import load_params, tokenizer_dir
+
+    if hf:
+        params, cfg, aspect = _hf_in_memory(hf)
+        tok_dir, name = tokenizer or hf, os.path.basename(os.path.normpath(hf))
+    else:
+        params, cfg = load_params(checkpoint)
+        conv = os.path.join(checkpoint, "conversion.json")
+        source = json.load(open(conv, encoding="utf-8")).get("source", {}) if os.path.exists(conv) else {}
+        aspect = _aspect_from_preprocessor(source.get("preprocessor")) if source.get("format") == "hf-llava" else "pad"
+        tok_dir, name = tokenizer or tokenizer_dir(checkpoint), os.path.basename(os.path.normpath(checkpoint))
+    if not tok_dir:
+        raise FileNotFoundError(f"{checkpoint or hf} has no tokenizer/ folder; pass --tokenizer DIR")
+    params = jax.tree.map(jnp.asarray, params)
+    return Loaded(params, cfg, load_tokenizer(tok_dir), aspect, name)
+
+
+def default_template(tokenizer) -> str:
+    if tokenizer.convert_tokens_to_ids("<|im_start|>") is not None:
+        return "chatml"
+    if tokenizer.convert_tokens_to_ids("<|eot_id|>") is not None:
+        return "llama_3"
+    return "vicuna_v1"
+
+
+def tokens_per_image(cfg: ModelConfig) -> int:
+    from vlm_jax.models.vlm import VLM
+
+    return VLM.tokens_per_image(cfg)
+
+
+def prompt_ids(m: Loaded, template: str, text: str, num_images: int) -> np.ndarray:
+    """Question text (with or without `<image>` tags) -> prompt ids, every image as its N placeholders.
+    Without tags, LLaVA's convention: the images go first, each as "<image>\\n"."""
+    tags = text.count(IMAGE_TOKEN)
+    if tags and tags != num_images:
+        raise ValueError(f"the prompt has {tags} {IMAGE_TOKEN} tags but {num_images} images were given")
+    if not tags:
+        text = (IMAGE_TOKEN + "\n") * num_images + text
+    ids = templates.generation_prompt([{"from": "human", "value": text}], template, m.tokenizer)
+    n = tokens_per_image(m.cfg)
+    return np.concatenate([np.full(n, m.cfg.image_token_id, np.int32) if t == templates.IMAGE_MARKER
+                           else np.asarray([t], np.int32) for t in ids])
+
+
+def load_image(m: Loaded, path: str) -> np.ndarray:
+    """-> uint8 [K, H, W, 3]."""
+    v = m.cfg.vision
+    tiling = "2x2" if m.cfg.projector.type == "multiscale-pool" else "none"
+    with open(path, "rb") as f:
+        img = img_lib.decode(f.read(), path)
+    return img_lib.crops(img, m.aspect, v.image_size, v.image_mean, tiling)
+
+
+def make_batch(m: Loaded, rows: Sequence[tuple[np.ndarray, list]], num_rows: Optional[int] = None) -> dict:
+    """[(prompt ids, [uint8 [K,H,W,3] per image])] -> left-padded batch (+ filler rows up to num_rows)."""
+    rows = list(rows) + [rows[0]] * max(0, (num_rows or 0) - len(rows))
+    length = -(-max(len(ids) for ids, _ in rows) // PAD_TO) * PAD_TO
+    v = m.cfg.vision
+    k = 5 if m.cfg.projector.type == "multiscale-pool" else 1
+    slots = max(len(ims) for _, ims in rows)
+    tokens = np.full((len(rows), length), m.tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    images = np.zeros((len(rows), slots, k, v.image_size, v.image_size, 3), np.uint8)
+    for i, (ids, ims) in enumerate(rows):
+        tokens[i, length - len(ids):], mask[i, length - len(ids):] = ids, True
+        for j, im in enumerate(ims):
+            images[i, j] = im
+    batch = {"tokens": jnp.asarray(tokens), "prompt_mask": jnp.asarray(mask)}
+    if slots:
+        batch["images"] = jnp.asarray(images)
+    return batch
+
+
+def sampling(m: Loaded, template: str, max_new_tokens: int, temperature=0.0, top_k=0, top_p=1.0) -> gen.SamplingConfig:
+    tok = m.tokenizer
+    eos = templates.stop_token_ids(template, tok)
+    multi = [s for s in templates.stop_strings(template, tok) if tok.convert_tokens_to_ids(s) is None]
+    return gen.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              eos_ids=tuple(eos), stop_sequences=gen.stop_sequences_for(tok, multi),
+                              pad_id=tok.pad_id)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    for s in stops:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text
+
+
+def decode_text(m: Loaded, template: str, ids) -> str:
+    stops = templates.stop_strings(template, m.tokenizer)
+    return cut_at_stop(m.tokenizer.decode(list(ids), skip_special_tokens=True), stops).strip()
+
+
+def run(m: Loaded, template: str, rows, sc: gen.SamplingConfig, seed: int = 0, num_rows: Optional[int] = None,
+        stream: Optional[Callable[[int, list], None]] = None, chunk: int = 8) -> list[list[int]]:
+    """Generate for `rows` (see make_batch) -> generated ids per row (the stop token included).
+    `stream(row, ids_so_far)` is called after every decoded segment when given."""
+    batch = make_batch(m, rows, num_rows)
+
+    def on_tokens(state):
+        toks, num = np.asarray(state.tokens), np.asarray(state.num_tokens)
+        for i in range(len(rows)):
+            stream(i, list(toks[i, : num[i]]))
+
+    state = gen.generate(m.cfg, m.params, batch, sc, jax.random.key(seed), chunk=chunk if stream else 0,
+                         on_tokens=on_tokens if stream else None)
+    toks, num = np.asarray(state.tokens), np.asarray(state.num_tokens)
+    return [[int(t) for t in toks[i, : num[i]]] for i in range(len(rows))]

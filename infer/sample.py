@@ -1,0 +1,155 @@
+"""Sample from a model: python -m infer.sample --checkpoint CKPT --image cat.jpg --prompt "What is this?"
+
+One prompt streams its answer to the terminal as it is generated; `--prompts FILE.jsonl` runs a
+batch (one JSON object a line: `prompt` (or `text`), optional `image` / `images`). `--json` prints
+one object per prompt instead: {"prompt_token_ids", "token_ids", "text"} (prompt ids with every image
+as its placeholder ids; generated ids with the stop token, as HF generate returns them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m infer.sample", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="model checkpoint folder (convert output or <run_dir>/final)")
+    src.add_argument("--hf", help="HF LlavaForConditionalGeneration or original LLaVA folder (converted in memory)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's tokenizer/ or the --hf folder)")
+    p.add_argument("--image", action="append", default=[], help="image file (repeatable; in <image> tag order)")
+    p.add_argument("--prompt", help="the question")
+    p.add_argument("--prompts", help="JSONL file: {\"prompt\": ..., \"image\": PATH | \"images\": [PATH, ...]} per line")
+    p.add_argument("--image-folder", default="", help="image paths in --prompts are relative to this")
+    p.add_argument("--template", help="chat template (default: from the tokenizer: chatml, llama_3 or vicuna_v1)")
+    p.add_argument("--image-aspect", choices=["pad", "crop", "resize"], help="image preprocessing (default: from the checkpoint)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call with --prompts")
+    p.add_argument("--json", action="store_true", help="print one JSON object per prompt, no streaming")
+    return p
+
+
+def _read_prompts(args, parser) -> list[tuple[str, list[str]]]:
+    if args.prompts:
+        if not os.path.isfile(args.prompts):
+            parser.error(f"--prompts {args.prompts}: no such file")
+        out = []
+        with open(args.prompts, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    text = rec.get("prompt", rec.get("text"))
+                    assert isinstance(text, str)
+                except (ValueError, AssertionError, AttributeError):
+                    parser.error(f"{args.prompts}:{n}: expected a JSON object with a string 'prompt'")
+                ims = rec.get("images") or ([rec["image"]] if rec.get("image") else [])
+                out.append((text, [os.path.join(args.image_folder, i) for i in ims]))
+        if not out:
+            parser.error(f"{args.prompts} holds no prompts")
+        return out
+    if args.prompt is None:
+        parser.error("give --prompt TEXT or --prompts FILE.jsonl")
+    return [(args.prompt, list(args.image))]
+
+
+def _check(args, parser, prompts):
+    if args.prompt is not None and args.prompts:
+        parser.error("--prompt and --prompts are exclusive")
+    if args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be >= 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.batch_size < 1:
+        parser.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --batch-size >= 1")
+    for _, ims in prompts:
+        for path in ims:
+            if not os.path.isfile(path):
+                parser.error(f"image {path}: no such file")
+    for path in (args.checkpoint, args.hf, args.tokenizer):
+        if path and not os.path.isdir(path):
+            parser.error(f"{path}: no such folder")
+
+
+class _Streamer:
+    """Prints the growing answer of row 0, holding back text that could be the start of a stop string."""
+
+    def __init__(self, m, template):
+        from infer import runner
+        from vlm_jax.data import templates
+
+        self.m, self.template, self.runner = m, template, runner
+        self.stops = templates.stop_strings(template, m.tokenizer)
+        self.shown = ""
+
+    def __call__(self, row: int, ids: list) -> None:
+        text = self.m.tokenizer.decode(ids, skip_special_tokens=True)
+        visible = self.runner.cut_at_stop(text, self.stops)
+        hold = 0 if visible != text else max((len(s) for s in self.stops), default=1) - 1
+        visible = visible.lstrip()
+        ready = visible[: max(len(visible) - hold, 0)]
+        if len(ready) > len(self.shown) and ready.startswith(self.shown):
+            sys.stdout.write(ready[len(self.shown):])
+            sys.stdout.flush()
+            self.shown = ready
+
+    def finish(self, ids: list) -> None:
+        final = self.runner.decode_text(self.m, self.template, ids)
+        if final.startswith(self.shown):
+            sys.stdout.write(final[len(self.shown):])
+        print(flush=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prompts = _read_prompts(args, parser)
+    _check(args, parser, prompts)
+
+    from tqdm import tqdm
+
+    from infer import runner
+
+    m = runner.load(args.checkpoint, args.hf, args.tokenizer)
+    if args.image_aspect:
+        m.aspect = args.image_aspect
+    template = args.template or runner.default_template(m.tokenizer)
+    try:
+        rows = [(runner.prompt_ids(m, template, text, len(ims)), [runner.load_image(m, p) for p in ims])
+                for text, ims in prompts]
+    except (ValueError, KeyError) as e:
+        parser.error(str(e))
+    sc = runner.sampling(m, template, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+
+    if len(rows) == 1 and not args.json:
+        streamer = _Streamer(m, template)
+        out = runner.run(m, template, rows, sc, args.seed, stream=lambda i, ids: streamer(i, ids))
+        streamer.finish(out[0])
+        return 0
+    bs = min(args.batch_size, len(rows))
+    bar = tqdm(total=len(rows), desc="generate", unit="prompt", file=sys.stderr, disable=len(rows) <= bs)
+    for start in range(0, len(rows), bs):
+        chunk = rows[start : start + bs]
+        outs = runner.run(m, template, chunk, sc, args.seed + start, num_rows=bs)
+        for (ids, _), gen_ids, (text, _) in zip(chunk, outs, prompts[start : start + bs]):
+            answer = runner.decode_text(m, template, gen_ids)
+            if args.json:
+                print(json.dumps({"prompt_token_ids": [int(t) for t in ids], "token_ids": gen_ids, "text": answer},
+                                 ensure_ascii=False), flush=True)
+            else:
+                print(f"### {text}\n{answer}\n", flush=True)
+        bar.update(len(chunk))
+    bar.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
