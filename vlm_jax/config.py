@@ -153,7 +153,7 @@ class DataConfig:
     seq_len: int = 2048  # L: tokens per row (images count as their N placeholders)
     max_images: int = 1  # M: image slots per row
     packing: bool = True  # false = one example per row, padded to L
-    pack_window: int = 64  # open rows the packer fills best-fit before emitting the fullest
+    pack_window: int = 32  # open rows the packer fills best-fit before emitting the fullest (memory: their images)
     image: ImageConfig = field(default_factory=ImageConfig)
     too_long: str = "truncate"  # truncate | drop (samples longer than seq_len)
     strict: bool = False  # true = bad input raises (naming file and record id) instead of skip+count

@@ -170,7 +170,7 @@ class PackIterDataset(grain.IterDataset):
     `window=1` gives the padded, one-example-per-row layout."""
 
     def __init__(self, parent, fetch: Callable[[int], dict], *, seq_len: int, max_images: int,
-                 image_shape: tuple, window: int = 64, max_segments: Optional[int] = None,
+                 image_shape: tuple, window: int = 32, max_segments: Optional[int] = None,
                  strict: bool = False):
         super().__init__(parent)
         self._args = (fetch, seq_len, max_images, tuple(image_shape), max(1, window),
