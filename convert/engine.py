@@ -192,7 +192,8 @@ def read_ckpt(path: str) -> Ckpt:
 def export_weights(ckpt: Ckpt, out_dir: str, from_canonical: Callable[[str], Optional[str]], *,
                    keep_extra: Callable[[str], bool] = lambda name: True,
                    fillers: Optional[dict] = None, dtype: Optional[str] = None,
-                   max_shard_bytes: int = 5 * 2**30, prefix: str = "model", progress: bool = True) -> list[str]:
+                   max_shard_bytes: int = 5 * 2**30, prefix: str = "model", progress: bool = True,
+                   select: Callable[[str], bool] = lambda name: True, writer_cls=ShardedSafetensorsWriter) -> list[str]:
     """Write the params (and the kept extra tensors, and `fillers`: canonical -> array for tensors
     the target format expects but we do not have) as safetensors shards. Tensors take the source
     dtype recorded at import unless `dtype` is given. Returns the written keys."""
@@ -212,6 +213,9 @@ def export_weights(ckpt: Ckpt, out_dir: str, from_canonical: Callable[[str], Opt
 
     consumed = set()
     for e in mapping.all_entries(cfg):
+        if not select(e.key):
+            consumed.add(e.path)
+            continue
         leaf = mapping.get_leaf(params, e.path)
         consumed.add(e.path)
         dt = dtype or recorded.get(e.key) or leaf.dtype.name
@@ -219,18 +223,20 @@ def export_weights(ckpt: Ckpt, out_dir: str, from_canonical: Callable[[str], Opt
     extras = TensorReader(ckpt.extras_path).infos() if ckpt.extras_path else []
     dropped = []
     for info in extras:
+        if not select(info.key):
+            continue
         if keep_extra(info.key) and from_canonical(info.key) is not None:
             plan(info.key, info.shape, info.dtype, ("extra", info.key))
         else:
             dropped.append(info.key)
     for canon, arr in (fillers or {}).items():
-        if from_canonical(canon) not in seen:
+        if select(canon) and from_canonical(canon) not in seen:
             plan(canon, arr.shape, dtype or arr.dtype.name, ("filler", arr))
     _report("extra tensors not exported to this format", dropped)
     _report("params without a checkpoint name (not exported)",
             ["/".join(p) for p in mapping.leaf_paths(params) if p not in consumed])
 
-    writer = ShardedSafetensorsWriter(out_dir, items, max_shard_bytes=max_shard_bytes, prefix=prefix)
+    writer = writer_cls(out_dir, items, max_shard_bytes=max_shard_bytes, prefix=prefix)
     dtypes = {k: d for k, _, d in items}
     bar = tqdm(total=len(items), desc="export", unit="tensor", disable=not progress, file=sys.stderr)
     extra_jobs = {}

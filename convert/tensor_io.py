@@ -234,3 +234,49 @@ class ShardedSafetensorsWriter:
         missing = set(self.items) - self.written
         if missing:
             raise RuntimeError(f"{len(missing)} planned tensors were never written, e.g. {sorted(missing)[:5]}")
+
+
+class BinShardWriter:
+    """PyTorch `.bin` shards (`torch.save` of a dict) with HF's index; a shard is saved as soon as
+    all its tensors are written, so memory holds at most the shards being filled."""
+
+    def __init__(self, out_dir: str, items: list[tuple[str, tuple, str]], max_shard_bytes: int = 5 * 2**30,
+                 prefix: str = "pytorch_model", metadata: Optional[dict] = None):
+        os.makedirs(out_dir, exist_ok=True)
+        plan = _shard_plan(items, max_shard_bytes)
+        n = len(plan)
+        names = [f"{prefix}.bin"] if n == 1 else [f"{prefix}-{i + 1:05d}-of-{n:05d}.bin" for i in range(n)]
+        self.paths = [os.path.join(out_dir, nm) for nm in names]
+        self.shard_of = {items[i][0]: s for s, idxs in enumerate(plan) for i in idxs}
+        self.items = {name: (tuple(shape), dtype) for name, shape, dtype in items}
+        self.pending = [{items[i][0] for i in idxs} for idxs in plan]
+        self.buffers: list[dict] = [{} for _ in plan]
+        if n > 1:
+            total = sum(int(np.prod(s, dtype=np.int64)) * np_dtype(d).itemsize for _, s, d in items)
+            index = {"metadata": {"total_size": total}, "weight_map": {k: names[s] for k, s in self.shard_of.items()}}
+            with open(os.path.join(out_dir, f"{prefix}.bin.index.json"), "w", encoding="utf-8") as f:
+                json.dump(index, f, indent=2, sort_keys=True)
+                f.write("\n")
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        import torch
+
+        shape, dtype = self.items[name]
+        if tuple(array.shape) != shape or array.dtype != np_dtype(dtype):
+            raise ValueError(f"tensor '{name}': planned {shape} {dtype}, got {tuple(array.shape)} {array.dtype}")
+        array = np.ascontiguousarray(array)
+        if dtype == "bfloat16":
+            t = torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+        else:
+            t = torch.from_numpy(array.copy())
+        s = self.shard_of[name]
+        self.buffers[s][name] = t
+        self.pending[s].discard(name)
+        if not self.pending[s]:
+            torch.save(self.buffers[s], self.paths[s])
+            self.buffers[s] = {}
+
+    def close(self) -> None:
+        left = [n for p in self.pending for n in p]
+        if left:
+            raise RuntimeError(f"{len(left)} planned tensors were never written, e.g. {left[:5]}")

@@ -82,7 +82,7 @@ def ckpt_logits(ckpt: str, tokens: np.ndarray, imgs: np.ndarray):
     """Logits of a CKPT on one row with the images in order; also returns the config."""
     params, cfg = load_model_checkpoint(ckpt)
     batch = {"tokens": jnp.asarray(tokens), "images": jnp.asarray(imgs[None, :, None])}
-    out = VLM(cfg).apply({"params": jax.tree.map(jnp.asarray, params)}, batch)
+    out = jax.jit(VLM(cfg).apply)({"params": jax.tree.map(jnp.asarray, params)}, batch)
     return np.asarray(out), cfg
 
 
@@ -94,5 +94,14 @@ def tokens_per_image(cfg_or_hf) -> int:
     return n + (1 if c.vision_config.model_type == "clip_vision_model" and c.vision_feature_select_strategy == "full" else 0)
 
 
-def out_path(tmp_path, name: str) -> str:
-    return os.path.join(str(tmp_path), name)
+def make_tokenizer(path: str) -> None:
+    """A word-level tokenizer whose last id (VOCAB - 1) is `<image>`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB - 1)}, "<image>": VOCAB - 1}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   additional_special_tokens=["<image>"])
+    fast.save_pretrained(path)
