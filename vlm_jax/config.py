@@ -113,7 +113,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
-    attention: str = "xla"  # xla (reference einsum) | dot_product (jax.nn.dot_product_attention)
+    # xla (reference einsum) | dot_product (jax.nn.dot_product_attention) | blocked (causal block skipping)
+    attention: str = "xla"
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 

@@ -60,17 +60,31 @@ def segment_causal_mask(q_segments: jax.Array, kv_segments: jax.Array, q_positio
     return mask
 
 
+ATTENTION_IMPLS = ("xla", "dot_product", "blocked")
+CAUSAL_BLOCK = 128
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str = "xla") -> jax.Array:
     """q [B, Lq, H, hd], k/v [B, Lk, KV, hd], mask [B, Lq, Lk] bool -> [B, Lq, H, hd].
 
     Grouped-query attention by reshaping the query heads into [KV, H/KV] groups (no K/V copies).
+    `blocked` is for causal self-attention only (training, prefill): query block i attends to the
+    key prefix ending with block i, so blocks above the diagonal are never computed.
     """
     b, lq, h, hd = q.shape
     kv = k.shape[2]
     if impl == "dot_product":
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :], implementation="xla")
+    if impl == "blocked":
+        if lq != k.shape[1] or lq <= CAUSAL_BLOCK:
+            return attention(q, k, v, mask)
+        outs = []
+        for start in range(0, lq, CAUSAL_BLOCK):
+            end = min(start + CAUSAL_BLOCK, lq)
+            outs.append(attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
+        return jnp.concatenate(outs, axis=1)
     if impl != "xla":
-        raise ValueError(f"unknown attention impl '{impl}' (known: xla, dot_product)")
+        raise ValueError(f"unknown attention impl '{impl}' (known: {', '.join(ATTENTION_IMPLS)})")
     qg = q.reshape(b, lq, kv, h // kv, hd)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, precision=_precision(q.dtype)).astype(jnp.float32)
     scores = scores / math.sqrt(hd)
