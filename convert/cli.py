@@ -111,10 +111,10 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Returns 0 on success, 1 on a conversion error; argparse exits with 2 on bad usage."""
-    from convert.engine import ConversionError
+    args = build_parser().parse_args(argv)
+    from convert.engine import ConversionError  # heavy imports only after usage errors / --help
     from convert.hf_configs import UnsupportedConfig
 
-    args = build_parser().parse_args(argv)
     try:
         run(args)
     except (ConversionError, UnsupportedConfig, FileNotFoundError) as e:

@@ -23,6 +23,8 @@ class UnsupportedConfig(ValueError):
 
 def load_config(path: str):
     """A local folder's config.json as its transformers config class (no remote code, no hub)."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path}: no config.json (a local checkpoint folder is needed)")
     return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
 
 

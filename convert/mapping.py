@@ -128,4 +128,4 @@ def hf_shape(entry: Entry, leaf_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def to_hf(entry: Entry, leaf: np.ndarray) -> np.ndarray:
     t = leaf[entry.layer] if entry.layer is not None else leaf
-    return np.ascontiguousarray(TO_HF[entry.kind](np.asarray(t)))
+    return np.asarray(TO_HF[entry.kind](np.asarray(t)), order="C")

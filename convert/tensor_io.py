@@ -219,7 +219,7 @@ class ShardedSafetensorsWriter:
         if name not in self.items:
             raise KeyError(f"tensor '{name}' is not in the write plan")
         shape, dtype = self.items[name]
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")
         if tuple(array.shape) != shape or array.dtype != np_dtype(dtype):
             raise ValueError(f"tensor '{name}': planned {shape} {dtype}, got {tuple(array.shape)} {array.dtype}")
         shard, offset, nbytes = self.where[name]
@@ -264,7 +264,7 @@ class BinShardWriter:
         shape, dtype = self.items[name]
         if tuple(array.shape) != shape or array.dtype != np_dtype(dtype):
             raise ValueError(f"tensor '{name}': planned {shape} {dtype}, got {tuple(array.shape)} {array.dtype}")
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")
         if dtype == "bfloat16":
             t = torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
         else:
