@@ -208,3 +208,16 @@ def test_array_record_bad_record_names_the_shard(tmp_path):
     assert ld.stats()["examples"] == 2 and ld.stats()["skipped_by_reason"] == {"malformed_record": 1}
     with pytest.raises(DataError, match=r"x-00000-of-00001\.array_record: record 1 .*malformed_record"):
         list(DataLoader(data_config(str(tmp_path / "ar"), "", num_epochs=1, strict=True), **loader_kwargs()))
+
+
+def test_prepare_data_skips_bad_records_or_stops_in_strict_mode(tmp_path):
+    from train.prepare_data import convert, main
+
+    write_images(str(tmp_path / "img"))
+    recs = make_records(6)
+    recs[2] = {"id": "gone", "image": "missing.png", "conversations": recs[1]["conversations"]}
+    path = write_json(str(tmp_path / "d.json"), recs)
+    out = convert(path, str(tmp_path / "img"), str(tmp_path / "o"), shards=2, progress=False)
+    assert out["written"] == 5 and out["skipped_by_reason"] == {"missing_image": 1}
+    assert main(["--src", path, "--image-folder", str(tmp_path / "img"), "--out", str(tmp_path / "s"),
+                 "--strict", "--quiet"]) == 1
