@@ -12,7 +12,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from train import loop as loop_lib
+from train import flops as flops_lib
 from train import run_config
 from train import state as state_lib
 from vlm_jax import sharding
@@ -50,7 +50,11 @@ def plan(cfg: Config, *, model=None, devices: Optional[list] = None, device_memo
     temp = int(getattr(mem, "temp_size_in_bytes", 0))
     code = int(getattr(mem, "generated_code_size_in_bytes", 0))
     peak = args + outs - alias + temp + code
-    flops = loop_lib._flops(compiled)
+    shapes = state_lib.abstract_batch(setup)
+    seq = shapes["tokens"].shape[1]
+    images = shapes["images"].shape[0] * shapes["images"].shape[1] * shapes["images"].shape[2]
+    flops = flops_lib.step_flops(cfg.model, cfg.train.trainable, shapes["tokens"].shape[0] * seq, images, seq)
+    flops /= len(devices)
     report = {
         "devices": len(devices),
         "mesh": dict(mesh.shape),
@@ -81,5 +85,5 @@ def plan(cfg: Config, *, model=None, devices: Optional[list] = None, device_memo
     verdict = "fits" if report["fits"] else "does NOT fit"
     out(f"  => {verdict} in {device_memory_gb:g} GB per device")
     if flops:
-        out(f"  XLA cost analysis: {flops / 1e12:.2f} TFLOP per device per step")
+        out(f"  model FLOPs (analytic, full rows and image slots): {flops / 1e12:.1f} TFLOP per device per step")
     return report

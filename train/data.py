@@ -16,23 +16,25 @@ BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "ima
 
 
 def tokens_per_image(cfg: Config) -> int:
-    try:
-        from vlm_jax.models.vlm import VLM
+    from vlm_jax.models.vlm import VLM
 
-        return int(VLM.tokens_per_image(cfg.model))
-    except ImportError:
-        return cfg.model.vision.num_patches
+    return int(VLM.tokens_per_image(cfg.model))
+
+
+def crops_per_image(cfg: Config) -> int:
+    from vlm_jax.models.vlm import VLM
+
+    return int(VLM.crops_per_image(cfg.model))
 
 
 def batch_shapes(cfg: Config, rows: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Shape and dtype of every batch array for `rows` rows (the same for fake and real data)."""
     v = cfg.model.vision
+    crops = crops_per_image(cfg)
     if cfg.train.fake_data.enabled:
-        seq, images, crops = cfg.train.fake_data.seq_len, cfg.train.fake_data.max_images, 1
+        seq, images = cfg.train.fake_data.seq_len, cfg.train.fake_data.max_images
     else:
-        seq = int(getattr(cfg.data, "max_length", getattr(cfg.data, "seq_len", 2048)))
-        images = int(getattr(cfg.data, "max_images", 1))
-        crops = int(getattr(cfg.data, "num_crops", 1))
+        seq, images = cfg.data.seq_len, cfg.data.max_images
     return {
         "tokens": ((rows, seq), np.int32),
         "targets": ((rows, seq), np.int32),
@@ -117,4 +119,4 @@ def make_loader(cfg: Config, split: str, global_rows: int, row_start: int, row_s
 def has_eval_data(cfg: Config) -> bool:
     if cfg.train.fake_data.enabled:
         return True
-    return bool(getattr(cfg.data, "eval_files", None) or getattr(cfg.data, "eval", None))
+    return bool(cfg.data.eval_sources)

@@ -12,6 +12,7 @@ import jax
 
 from train import data as data_lib
 from train import evaluate as eval_lib
+from train import flops as flops_lib
 from train import metrics as metrics_lib
 from train import run_config
 from train import state as state_lib
@@ -99,10 +100,10 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
 
     t0 = time.time()
     compiled = setup.train_step.lower(state, state_lib.abstract_batch(setup)).compile()
-    flops = _flops(compiled)
     peak = metrics_lib.peak_flops(devices[0].device_kind, cfg.train.logging.peak_flops_per_device)
     log(f"compiled the train step in {time.time() - t0:.1f}s")
 
+    do_eval = cfg.train.eval.every_steps > 0 and data_lib.has_eval_data(cfg)
     preempt = _Preemption()
     step = start
     summary: dict[str, Any] = {"start_step": start}
@@ -131,8 +132,8 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
                     )
                 log(f"step {step + 1}: non-finite loss or gradient, update skipped")
             step += 1
-            rec = _record(setup, step, m, dt, loader, flops, peak, len(devices))
-            if cfg.train.eval.every_steps and step % cfg.train.eval.every_steps == 0 and step < steps:
+            rec = _record(setup, step, m, dt, loader, peak, len(devices))
+            if do_eval and step % cfg.train.eval.every_steps == 0 and step < steps:
                 rec.update(eval_lib.evaluate(setup, state["params"], cfg.train.eval.num_batches, rows))
             if step % cfg.train.logging.every_steps == 0 or step == steps or "eval_loss" in rec:
                 logger.log(rec)
@@ -164,16 +165,7 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
         logger.close()
 
 
-def _flops(compiled) -> Optional[float]:
-    try:
-        ca = compiled.cost_analysis()
-        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-        return float(ca.get("flops", 0.0)) or None
-    except Exception:  # noqa: BLE001 - not every backend reports costs
-        return None
-
-
-def _record(setup, step: int, m: dict, dt: float, loader, flops, peak, n_devices: int) -> dict:
+def _record(setup, step: int, m: dict, dt: float, loader, peak, n_devices: int) -> dict:
     lrs = _lr(setup, step - 1)
     base = lrs.get("lr/decoder", lrs.get("lr/lora", next(iter(lrs.values()))))
     rec = {
@@ -192,9 +184,12 @@ def _record(setup, step: int, m: dict, dt: float, loader, flops, peak, n_devices
         rec["z_loss"] = float(m["z_loss"])
     if not bool(m["finite"]):
         rec["skipped_step"] = True
-    if flops and peak:
-        rec["mfu"] = flops / max(dt, 1e-9) / peak
-    del n_devices
+    cfg = setup.cfg
+    seq = state_lib.abstract_batch(setup)["tokens"].shape[1]
+    flops = flops_lib.step_flops(cfg.model, cfg.train.trainable, float(m["tokens"]), float(m["images"]), seq)
+    rec["tflops_per_device_per_second"] = flops / n_devices / max(dt, 1e-9) / 1e12
+    if peak:
+        rec["mfu"] = flops / n_devices / max(dt, 1e-9) / peak
     return rec
 
 

@@ -62,10 +62,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         raw = load_yaml(args.config)
         if stages_lib.is_recipe(raw):
-            stages = stages_lib.load_recipe(args.config, raw, overrides)
+            stages = stages_lib.load_recipe(args.config, raw, overrides, need_files=not args.compile_only)
         else:
             cfg = run_config.load_config(args.config, overrides)
-            run_config.check_values(cfg)
+            run_config.check_values(cfg, need_files=not args.compile_only)
             stages = [stages_lib.Stage("", cfg, False)]
         if args.compile_only:
             _force_cpu_devices(max(run_config.fixed_mesh_devices(s.cfg) for s in stages))

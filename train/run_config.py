@@ -27,8 +27,9 @@ def _exists(path: str) -> bool:
     return bool(glob.glob(os.path.expanduser(path))) or os.path.exists(os.path.expanduser(path))
 
 
-def check_values(cfg: Config, previous_stage: bool = False) -> None:
-    """Checks that need no devices: enums, positive sizes, files that must exist."""
+def check_values(cfg: Config, previous_stage: bool = False, need_files: bool = True) -> None:
+    """Checks that need no devices: enums, positive sizes, files that must exist (unless
+    `need_files` is false, as for compile-only planning)."""
     t = cfg.train
     if t.nan_policy not in NAN_POLICIES:
         raise ConfigError(f"train.nan_policy: must be one of {', '.join(NAN_POLICIES)}, got {t.nan_policy!r}")
@@ -48,6 +49,8 @@ def check_values(cfg: Config, previous_stage: bool = False) -> None:
         raise ConfigError(f"train.num_steps: must be positive or -1 (from num_epochs), got {t.num_steps}")
     if t.optimizer.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError(f"train.optimizer.schedule: unknown {t.optimizer.schedule!r} (cosine | linear | constant)")
+    if not need_files:
+        return
     if t.init_from and not previous_stage and not _exists(t.init_from):
         raise ConfigError(f"train.init_from: {t.init_from} does not exist")
     if t.fake_data.enabled:

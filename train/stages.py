@@ -42,7 +42,7 @@ def _strings(value, key: str) -> list[str]:
     return list(value)
 
 
-def load_recipe(path: str, raw: dict, overrides: list[str]) -> list[Stage]:
+def load_recipe(path: str, raw: dict, overrides: list[str], need_files: bool = True) -> list[Stage]:
     unknown = sorted(set(raw) - RECIPE_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown recipe key '{unknown[0]}' (known: {', '.join(sorted(RECIPE_KEYS - {'base'}))})")
@@ -73,7 +73,7 @@ def load_recipe(path: str, raw: dict, overrides: list[str]) -> list[Stage]:
         follows = bool(stages) and not cfg.train.init_from
         if follows:
             cfg.train.init_from = stages[-1].cfg.run_dir
-        run_config.check_values(cfg, previous_stage=follows)
+        run_config.check_values(cfg, previous_stage=follows, need_files=need_files)
         stages.append(Stage(name, cfg, follows))
     return stages
 

@@ -127,6 +127,7 @@ def build_train_step(model, tx, opts: StepOptions, mesh) -> Callable:
             "token_accuracy": sums.correct / jnp.maximum(sums.count, 1.0),
             "supervised_tokens": sums.count,
             "tokens": (batch["segment_ids"] > 0).sum().astype(jnp.float32),
+            "images": batch["image_mask"].sum().astype(jnp.float32) * batch["images"].shape[2],
             "finite": finite,
         }
         return new_state, metrics

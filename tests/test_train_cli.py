@@ -1,0 +1,191 @@
+"""`python -m train.main`: bad configs, kill -9 + resume, two processes, compile-only, recipes."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from train.main import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join("/tmp", "vlm_jax_test_jit_cache")  # persistent XLA cache: reruns skip compiles
+
+TINY = {
+    "model": {
+        "vision": {"image_size": 16, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                   "num_heads": 2},
+        "decoder": {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4},
+    },
+    "train": {
+        "global_batch_size": 8,
+        "num_steps": 8,
+        "optimizer": {"learning_rate": 3.0e-3, "warmup_steps": 1},
+        "checkpoint": {"every_steps": 2, "keep": 3, "export_final": False},
+        "logging": {"progress_bar": False, "tensorboard": False},
+        "eval": {"at_end": False},
+        "fake_data": {"enabled": True, "seq_len": 24},
+    },
+    "mesh": {"data": -1},
+}
+
+
+def write_config(tmp_path, name="tiny.yaml", **top) -> str:
+    cfg = json.loads(json.dumps(TINY))
+    cfg.update(top)
+    path = os.path.join(tmp_path, name)
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return path
+
+
+def env(devices=1, **extra) -> dict:
+    e = dict(os.environ)
+    e.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=ROOT, **extra)
+    return e
+
+
+def cli(args, devices=1, timeout=600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train.main", *args], cwd=ROOT, env=env(devices), timeout=timeout,
+                          capture_output=True, text=True, **kw)
+
+
+def losses(run_dir) -> list[float]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+# ----------------------------------------------------------------------------- bad usage -> exit 2
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.bogus=1"], "unknown config key 'train.bogus'"),
+    (["train.global_batch_size=abc"], "train.global_batch_size: expected an int"),
+    (["mesh.data=3"], "does not match the 8 available devices"),
+    (["mesh.data=8", "train.global_batch_size=12"], "not divisible by the data axes"),
+    (["train.fake_data.enabled=false", "data.sources=[{path: /no/such/data.json}]"], "data file not found"),
+    (["train.nan_policy=ignore"], "train.nan_policy"),
+])
+def test_bad_config_one_line_exit_2(tmp_path, capsys, overrides, message):
+    path = write_config(tmp_path, run_dir=str(tmp_path / "run"))
+    assert main(["--config", path, *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not os.path.exists(tmp_path / "run")  # nothing ran
+
+
+def test_usage_errors_exit_2_and_help():
+    r = cli(["--config", "/no/such/config.yaml"])
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "config file not found" in r.stderr
+    r = cli([])
+    assert r.returncode == 2
+    r = cli(["--help"])
+    assert r.returncode == 0 and "--compile-only" in r.stdout and "key=value" in r.stdout
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_kill_9_and_rerun_reproduces_losses_exactly(tmp_path):
+    ref_dir, dir_ = str(tmp_path / "ref"), str(tmp_path / "killed")
+    path = write_config(tmp_path)
+    r = cli(["--config", path, f"run_dir={ref_dir}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = losses(ref_dir)
+    assert len(ref) == 8
+
+    kill_after = random.Random().randint(3, 6)
+    proc = subprocess.Popen([sys.executable, "-m", "train.main", "--config", path, f"run_dir={dir_}"], cwd=ROOT,
+                            env=env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = os.path.join(dir_, "metrics.jsonl")
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= kill_after:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = cli(["--config", path, f"run_dir={dir_}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(dir_) == ref, f"killed after {kill_after} logged steps"
+
+
+def test_sigterm_saves_and_exits_0(tmp_path):
+    dir_ = str(tmp_path / "run")
+    path = write_config(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "train.main", "--config", path, f"run_dir={dir_}",
+                             "train.num_steps=1000", "train.checkpoint.every_steps=1000"], cwd=ROOT, env=env(1),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(dir_, "metrics.jsonl")
+    while proc.poll() is None and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    steps = [int(s) for s in os.listdir(os.path.join(dir_, "checkpoints")) if s.isdigit()]
+    assert steps and max(steps) >= 1 and "SIGTERM" in err
+
+
+# ----------------------------------------------------------------------------- multi-host, planning, recipes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    path = write_config(tmp_path)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    common = ["mesh.data=2", "train.num_steps=4", "train.checkpoint.every_steps=2"]
+    r = cli(["--config", path, f"run_dir={one}", *common], devices=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "train.main", "--config", path, f"run_dir={two}", *common,
+                               "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+                               "--process-id", str(i)], cwd=ROOT, env=env(1), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    np.testing.assert_allclose(losses(two), losses(one), atol=1e-6, rtol=0)
+    assert os.path.exists(os.path.join(two, "checkpoints", "4", "data", "process_1-of-2.json"))
+
+
+def test_compile_only_prints_per_device_memory(tmp_path):
+    path = write_config(tmp_path, run_dir=str(tmp_path / "run"))
+    e = env(1)
+    e.pop("XLA_FLAGS")  # main must fake the 8 devices itself
+    r = subprocess.run([sys.executable, "-m", "train.main", "--config", path, "--compile-only", "mesh.data=1",
+                        "mesh.fsdp=8", "train.grad_accum_steps=1"], cwd=ROOT, env=e, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "'fsdp': 8" in r.stdout and "total per device" in r.stdout and "fits in 80 GB" in r.stdout, r.stdout
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.slow
+def test_recipe_runs_stages_in_order_and_skips_done_ones(tmp_path):
+    write_config(tmp_path, name="align.yaml")
+    write_config(tmp_path, name="sft.yaml")
+    recipe = os.path.join(tmp_path, "recipe.yaml")
+    with open(recipe, "w") as f:
+        yaml.safe_dump({"run_dir": str(tmp_path / "runs"), "overrides": ["train.checkpoint.export_final=true"],
+                        "stages": [{"name": "align", "config": "align.yaml",
+                                    "overrides": ["train.trainable=[projector]", "train.num_steps=2"]},
+                                   {"name": "sft", "config": "sft.yaml", "overrides": ["train.num_steps=2"]}]}, f)
+    r = cli(["--config", recipe])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "initialised from" in r.stderr and os.path.exists(tmp_path / "runs" / "sft" / "final" / "vlm_jax_model.json")
+    r = cli(["--config", recipe])
+    assert r.returncode == 0 and r.stderr.count("skipping") == 2, r.stderr[-2000:]

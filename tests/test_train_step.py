@@ -1,0 +1,109 @@
+"""The jitted train step on a tiny real VLM: mesh invariance, accumulation, frozen groups, NaNs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from train import data as data_lib
+from train import state as state_lib
+from vlm_jax import sharding
+from tests.train_standin import StandInVLM
+from vlm_jax.config import Config, DecoderConfig, MeshConfig, ModelConfig, VisionConfig
+
+# the machinery tests run on a stand-in (fast to compile); the real VLM variants are `slow`
+MODELS = ["standin", pytest.param("real", marks=pytest.mark.slow)]
+
+
+def make_model(kind, cfg):
+    return StandInVLM(cfg.model) if kind == "standin" else None
+
+
+def tiny_config(**train) -> Config:
+    cfg = Config(model=ModelConfig(
+        vision=VisionConfig(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2,
+                            num_heads=2),
+        decoder=DecoderConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4),
+    ))
+    t = cfg.train
+    t.fake_data.enabled, t.fake_data.seq_len = True, 24
+    t.global_batch_size, t.num_steps = 8, 10
+    t.optimizer.learning_rate, t.optimizer.warmup_steps = 3.0e-3, 1
+    for k, v in train.items():
+        setattr(t, k, v)
+    return cfg
+
+
+def run_steps(cfg: Config, mesh_cfg: MeshConfig, devices, n: int, state=None, model=None):
+    cfg.mesh = mesh_cfg
+    mesh = sharding.make_mesh(mesh_cfg, devices)
+    setup = state_lib.build(cfg, mesh, cfg.train.num_steps, model=model)
+    state = setup.init_fn(cfg.seed) if state is None else state
+    gb = cfg.train.global_batch_size
+    loader = data_lib.make_loader(cfg, "train", gb, 0, gb, 0, 1)
+    out = []
+    for _ in range(n):
+        state, m = setup.train_step(state, sharding.global_batch(next(loader), mesh, gb))
+        out.append(jax.device_get(m))
+    return state, out, setup
+
+
+def test_one_device_vs_eight_device_mesh_losses_match():
+    cfg = tiny_config()
+    _, m1, _ = run_steps(cfg, MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1], 5)
+    _, m8, setup = run_steps(cfg, MeshConfig(data=2, fsdp=2, tensor=2), jax.devices(), 5)
+    specs = {s.spec for s in jax.tree.leaves(setup.state_shardings["params"])}
+    assert any("tensor" in str(s) for s in specs) and any("fsdp" in str(s) for s in specs)
+    l1, l8 = np.array([m["loss"] for m in m1]), np.array([m["loss"] for m in m8])
+    np.testing.assert_allclose(l8, l1, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_four_micro_batches_equal_one_batch(kind):
+    mesh_cfg = MeshConfig(data=2, fsdp=1, tensor=1)
+    c1, c4 = tiny_config(grad_accum_steps=1), tiny_config(grad_accum_steps=4)
+    s1, m1, _ = run_steps(c1, mesh_cfg, jax.devices()[:2], 1, model=make_model(kind, c1))
+    s4, m4, _ = run_steps(c4, mesh_cfg, jax.devices()[:2], 1, model=make_model(kind, c4))
+    np.testing.assert_allclose(m4[0]["loss"], m1[0]["loss"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(m4[0]["grad_norm"], m1[0]["grad_norm"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(s4["params"]), jax.tree.leaves(s1["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_frozen_groups_bitwise_unchanged_and_stateless(kind):
+    cfg = tiny_config(trainable=["projector"])
+    model = make_model(kind, cfg)
+    state, _, setup = run_steps(cfg, MeshConfig(data=2, fsdp=1, tensor=1), jax.devices()[:2], 3, model=model)
+    before = jax.device_get(setup.init_fn(cfg.seed)["params"])
+    after = jax.device_get(state["params"])
+    for part in ("vision_tower", "decoder"):
+        for a, b in zip(jax.tree.leaves(after[part]), jax.tree.leaves(before[part])):
+            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after["projector"]),
+                                                          jax.tree.leaves(before["projector"])))
+    opt_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state["opt_state"])[0]]
+    assert opt_paths and not any("vision_tower" in p or "'decoder'" in p for p in opt_paths)
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_non_finite_loss_keeps_last_good_state(policy):
+    cfg = tiny_config(nan_policy=policy)
+    state, _, setup = run_steps(cfg, MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1], 1,
+                                model=StandInVLM(cfg.model))
+    good = jax.device_get(state)
+    flat = traverse_util.flatten_dict(state["params"], sep="/")
+    key = next(k for k in flat if k.startswith("projector"))
+    flat[key] = flat[key].at[(0,) * flat[key].ndim].set(jnp.nan)
+    bad = {**state, "params": traverse_util.unflatten_dict(flat, sep="/")}
+    gb = cfg.train.global_batch_size
+    batch = sharding.global_batch(next(data_lib.make_loader(cfg, "train", gb, 0, gb, 0, 1)), setup.mesh, gb)
+    new, m = setup.train_step(bad, batch)
+    assert not bool(m["finite"])
+    assert int(new["step"]) == (good["step"] + 1 if policy == "skip" else good["step"])
+    new_flat = traverse_util.flatten_dict(jax.device_get(new["params"]), sep="/")
+    good_flat = traverse_util.flatten_dict(good["params"], sep="/")
+    for k, v in good_flat.items():
+        if k != key:
+            assert np.asarray(new_flat[k]).tobytes() == np.asarray(v).tobytes()
