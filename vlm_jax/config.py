@@ -163,6 +163,11 @@ class DataConfig:
     num_epochs: Optional[int] = None  # None = repeat forever
     num_workers: int = 4  # threads parsing / decoding / tokenizing
     prefetch: int = 64  # examples decoded ahead
+    # keep `<image>` tags where they are in conversations (multi-image / interleaved SFT); LLaVA moves them first
+    images_in_place: bool = False
+    # MMC4-style documents ({"text_list", "image_info"}): supervise all text, or only sentences that follow an
+    # image (after_image: VILA's image_following_text_only)
+    interleaved_loss: str = "all"
 
 
 # ----------------------------------------------------------------------------- root schema

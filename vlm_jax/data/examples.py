@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from vlm_jax.data import images as img_lib
+from vlm_jax.data import interleaved
 from vlm_jax.data.errors import SkipExample
 from vlm_jax.data.sources import RawRecord, parse_record
 
@@ -77,8 +78,12 @@ def truncate(tokens, label_mask, starts, n: int, seq_len: int):
 def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
     """RawRecord -> {"tokens", "label_mask", "images" [n,K,S,S,3] uint8, "id", "truncated"}."""
     rec = parse_record(raw)
-    check_conversation(rec.conversations)
-    n_tags = sum(t["value"].count(IMAGE_TAG) for t in rec.conversations)
+    if isinstance(rec.conversations, interleaved.Document):
+        rec = _document_images(rec, spec.max_images)
+        n_tags = rec.conversations.num_images
+    else:
+        check_conversation(rec.conversations)
+        n_tags = sum(t["value"].count(IMAGE_TAG) for t in rec.conversations)
     n_images = len(rec.image_bytes) if rec.image_bytes is not None else len(rec.image_paths)
     if n_tags != n_images:
         raise SkipExample("image_tag_mismatch", f"{n_tags} <image> tags, {n_images} images")
@@ -124,6 +129,16 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
         "truncated": truncated,
         "source": raw.source,
     }
+
+
+def _document_images(rec, max_images: int):
+    """A document keeps its first max_images images (VILA caps MMC4 documents the same way)."""
+    if rec.conversations.num_images <= max_images:
+        return rec
+    return dataclasses.replace(
+        rec, conversations=interleaved.keep_first_images(rec.conversations, max_images),
+        image_paths=rec.image_paths[:max_images],
+        image_bytes=None if rec.image_bytes is None else rec.image_bytes[:max_images])
 
 
 def record_id(raw: RawRecord) -> Optional[object]:

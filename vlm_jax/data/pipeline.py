@@ -23,6 +23,7 @@ import numpy as np
 from vlm_jax.config import DataConfig, DataSourceConfig
 from vlm_jax.data import examples as ex_lib
 from vlm_jax.data import images as img_lib
+from vlm_jax.data import interleaved
 from vlm_jax.data.errors import DataError, SkipExample, describe
 from vlm_jax.data.packing import PackIterDataset, empty_stats
 from vlm_jax.data.sources import RawRecord, open_source
@@ -40,7 +41,10 @@ def default_encode(cfg: DataConfig, tokenizer=None) -> ex_lib.EncodeFn:
         tokenizer = load_tokenizer(cfg.tokenizer)
 
     def encode(conversations):
-        enc = templates.encode(conversations, cfg.template, tokenizer)
+        if isinstance(conversations, interleaved.Document):
+            enc = interleaved.encode_document(conversations, tokenizer, cfg.interleaved_loss)
+        else:
+            enc = templates.encode(conversations, cfg.template, tokenizer, images_first=not cfg.images_in_place)
         return enc.tokens, enc.label_mask
 
     return encode
@@ -100,6 +104,8 @@ class DataLoader:
             raise DataError(f"data.too_long must be truncate or drop, got {cfg.too_long!r}")
         if cfg.image.tiling == "auto":
             raise DataError("data.image.tiling=auto needs the model: build the loader with make_loader")
+        if cfg.interleaved_loss not in interleaved.LOSS_MODES:
+            raise DataError(f"data.interleaved_loss must be one of {interleaved.LOSS_MODES}, got {cfg.interleaved_loss!r}")
         if cfg.image.aspect not in img_lib.ASPECTS:
             raise DataError(f"data.image.aspect must be one of {img_lib.ASPECTS}, got {cfg.image.aspect!r}")
         self.batch_size = batch_size

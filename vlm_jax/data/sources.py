@@ -19,6 +19,7 @@ import numpy as np
 
 from vlm_jax.config import DataSourceConfig
 from vlm_jax.data.errors import DataError, SkipExample
+from vlm_jax.data import interleaved
 
 _MAGIC = b"VLMR"
 
@@ -87,6 +88,9 @@ def parse_record(raw: RawRecord) -> Record:
                 raise SkipExample("malformed_record", f"invalid JSON: {e}") from None
     if not isinstance(payload, dict):
         raise SkipExample("malformed_record", f"expected an object, got {type(payload).__name__}")
+    if interleaved.is_document(payload):  # MMC4-style document: `conversations` holds an interleaved.Document
+        doc, names, embedded = interleaved.as_record_fields(payload, embedded)
+        return Record(payload.get("id"), doc, names, embedded)
     conv = payload.get("conversations")
     if not isinstance(conv, list) or not all(
         isinstance(t, dict) and isinstance(t.get("from"), str) and isinstance(t.get("value"), str)

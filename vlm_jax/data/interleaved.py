@@ -1,0 +1,110 @@
+"""Interleaved image-text documents (MMC4 layout, as VILA pre-trains on) -> template-free token ids.
+
+A record is MMC4's own JSON line:
+
+    {"text_list": ["sentence 0", "sentence 1", ...],
+     "image_info": [{"image_name": "a.jpg", "matched_text_index": 1}, ...], "id": ...}
+
+As VILA's LazyMMC4Dataset does, every image goes right before the sentence it is matched to (images
+ordered by that sentence), sentences are joined with " " (no space next to an image), the document
+gets BOS (if the tokenizer has one) and EOS, and there is no chat template. Loss (`data.interleaved_loss`):
+
+- `all`: every text token and the EOS;
+- `after_image`: only sentences that directly follow an image (VILA's `image_following_text_only`),
+  and the EOS if the last sentence does. VILA separates sentences with a pad token in this mode to
+  find the spans; here the input ids are the same in both modes and only the mask differs.
+
+Image placeholders are never supervised. COYO-style caption groups (`<image>caption</s>` x 4 in
+VILA) fit the same layout: one sentence per caption, each matched to its image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+
+from vlm_jax.data.errors import SkipExample
+
+IMAGE_TAG = "<image>"
+LOSS_MODES = ("all", "after_image")
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    sentences: tuple[str, ...]
+    images_before: tuple[int, ...]  # how many images sit right before each sentence
+
+    @property
+    def num_images(self) -> int:
+        return int(sum(self.images_before))
+
+
+def is_document(payload: Any) -> bool:
+    return isinstance(payload, dict) and "text_list" in payload and "conversations" not in payload
+
+
+def parse_mmc4(payload: dict) -> tuple[Document, list[int]]:
+    """-> the document and the order of `image_info` entries as they appear in it."""
+    texts, infos = payload.get("text_list"), payload.get("image_info", [])
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise SkipExample("malformed_record", "'text_list' must be a non-empty list of strings")
+    if not isinstance(infos, list):
+        raise SkipExample("malformed_record", "'image_info' must be a list")
+    where = []
+    for j, info in enumerate(infos):
+        idx = info.get("matched_text_index") if isinstance(info, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("image_name"), str) or not isinstance(idx, int) \
+                or isinstance(idx, bool) or not 0 <= idx < len(texts):
+            raise SkipExample("malformed_record", f"image_info[{j}] needs image_name and a matched_text_index "
+                                                  f"in [0, {len(texts)})")
+        where.append(idx)
+    order = sorted(range(len(infos)), key=lambda j: where[j])  # stable: ties keep the listed order
+    counts = np.bincount(np.asarray(where, np.int64), minlength=len(texts)) if where else np.zeros(len(texts), int)
+    sentences = tuple(t.replace(IMAGE_TAG, "<IMAGE>") for t in texts)  # as VILA: a literal tag is not an image
+    return Document(sentences, tuple(int(c) for c in counts)), order
+
+
+def image_names(payload: dict, order: list[int]) -> list[str]:
+    return [payload["image_info"][j]["image_name"] for j in order]
+
+
+def keep_first_images(doc: Document, max_images: int) -> Document:
+    """Drop the images after the first `max_images` (in document order); the text stays."""
+    left, kept = max_images, []
+    for k in doc.images_before:
+        kept.append(min(k, left))
+        left -= kept[-1]
+    return Document(doc.sentences, tuple(kept))
+
+
+def render(doc: Document, eos: str, loss: str = "all") -> list[tuple[str, bool]]:
+    """(text, supervised) segments, `<image>` tags in place (templates' segment format)."""
+    if loss not in LOSS_MODES:
+        raise ValueError(f"data.interleaved_loss must be one of {LOSS_MODES}, got {loss!r}")
+    segs = []
+    for i, (text, k) in enumerate(zip(doc.sentences, doc.images_before)):
+        sep = " " if i and not k else ""
+        segs.append((IMAGE_TAG * k + sep + text, loss == "all" or k > 0))
+    segs.append((eos, loss == "all" or doc.images_before[-1] > 0))
+    return segs
+
+
+def encode_document(doc: Document, tokenizer, loss: str = "all"):
+    """-> templates.Encoded(tokens with one IMAGE_MARKER per image, label_mask)."""
+    from vlm_jax.data import templates  # noqa: PLC0415 (tokenizer machinery; sources stay light)
+
+    return templates._tokenize(render(doc, tokenizer.eos_token or "", loss), tokenizer, add_bos=True)
+
+
+def as_record_fields(payload: dict, embedded: Optional[list]) -> tuple[Document, list[str], Optional[list]]:
+    """Document, image names and (ArrayRecord) image bytes, all in document order. Embedded bytes are
+    stored in `image_info` order."""
+    doc, order = parse_mmc4(payload)
+    names = image_names(payload, order)
+    if embedded is not None:
+        if len(embedded) != len(order):
+            raise SkipExample("malformed_record", f"{len(embedded)} embedded images for {len(order)} image_info entries")
+        embedded = [embedded[j] for j in order]
+    return doc, names, embedded
