@@ -189,3 +189,30 @@ def test_recipe_runs_stages_in_order_and_skips_done_ones(tmp_path):
     assert "initialised from" in r.stderr and os.path.exists(tmp_path / "runs" / "sft" / "final" / "vlm_jax_model.json")
     r = cli(["--config", recipe])
     assert r.returncode == 0 and r.stderr.count("skipping") == 2, r.stderr[-2000:]
+
+
+def test_real_data_pipeline_with_eval_and_final_export(tmp_path):
+    from tests.data_helpers import make_records, write_images, write_json
+    from tests.helpers.tiny_tokenizers import train_llama_like_sentencepiece
+
+    tok = train_llama_like_sentencepiece(str(tmp_path / "tok"))
+    write_images(str(tmp_path / "img"))
+    write_json(str(tmp_path / "train.json"), make_records(60))
+    write_json(str(tmp_path / "eval.json"), make_records(10, seed=1))
+    src = lambda name: {"path": str(tmp_path / name), "image_folder": str(tmp_path / "img")}  # noqa: E731
+    path = write_config(tmp_path, data={"sources": [src("train.json")], "eval_sources": [src("eval.json")],
+                                        "tokenizer": tok, "template": "vicuna_v1", "seq_len": 64, "max_images": 2,
+                                        "num_workers": 1, "pack_window": 4})
+    run = str(tmp_path / "run")
+    r = cli(["--config", path, f"run_dir={run}", "train.fake_data.enabled=false", "model.decoder.vocab_size=768",
+             "train.num_steps=-1", "train.num_epochs=0.5", "train.eval.at_end=true", "train.eval.num_batches=2",
+             "train.checkpoint.export_final=true"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    steps = [r["step"] for r in recs if "loss" in r]
+    assert "examples per row" in r.stderr and steps == list(range(1, len(steps) + 1)) and len(steps) >= 1
+    assert all(k in recs[0] for k in ("loss", "learning_rate", "tokens_per_second", "skipped_examples"))
+    assert 0 <= recs[-1]["eval_token_accuracy"] <= 1 and np.isfinite(recs[-1]["eval_loss"])
+    assert os.path.exists(os.path.join(run, "final", "vlm_jax_model.json"))
+    assert os.path.exists(os.path.join(run, "config.yaml"))

@@ -107,3 +107,18 @@ def test_non_finite_loss_keeps_last_good_state(policy):
     for k, v in good_flat.items():
         if k != key:
             assert np.asarray(new_flat[k]).tobytes() == np.asarray(v).tobytes()
+
+
+@pytest.mark.slow
+def test_lora_stage_trains_only_adapters_and_projector():
+    cfg = tiny_config(trainable=["lora", "projector"])
+    cfg.model.lora.rank, cfg.model.lora.alpha, cfg.model.lora.dropout = 4, 8.0, 0.1
+    state, m, setup = run_steps(cfg, MeshConfig(data=2, fsdp=1, tensor=1), jax.devices()[:2], 2)
+    before = traverse_util.flatten_dict(jax.device_get(setup.init_fn(cfg.seed)["params"]), sep="/")
+    after = traverse_util.flatten_dict(jax.device_get(state["params"]), sep="/")
+    lora = [k for k in after if "lora_" in k]
+    assert lora and any(not np.array_equal(after[k], before[k]) for k in lora if "lora_b" in k)
+    for k, v in after.items():
+        if "lora_" not in k and not k.startswith("projector"):
+            assert np.asarray(v).tobytes() == np.asarray(before[k]).tobytes(), k
+    assert np.isfinite(m[-1]["loss"])

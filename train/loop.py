@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Optional
 
 import jax
+import numpy as np
 
 from train import data as data_lib
 from train import evaluate as eval_lib
@@ -25,18 +27,31 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def total_steps(cfg: Config, loader) -> int:
+def total_steps(cfg: Config, loader, log=print) -> int:
+    """train.num_steps, or num_epochs over the data: records / (global batch * examples per row),
+    with examples per packed row measured on a few batches (the loader is rewound after)."""
     if cfg.train.num_steps > 0:
         return cfg.train.num_steps
-    per_epoch = loader.steps_per_epoch() if hasattr(loader, "steps_per_epoch") else None
-    if not per_epoch:
-        from vlm_jax.data import pipeline
+    from jax.experimental import multihost_utils
 
-        # one example per row is an upper bound; with packing the data runs out earlier
-        n = len(pipeline.record_dataset(cfg.data.sources, shuffle=False, seed=0, num_epochs=1,
-                                        process_index=0, process_count=1))
-        per_epoch = math.ceil(n / cfg.train.global_batch_size)
-    return max(1, math.ceil(per_epoch * cfg.train.num_epochs))
+    from vlm_jax.data import pipeline
+
+    n = len(pipeline.record_dataset(cfg.data.sources, shuffle=False, seed=0, num_epochs=1,
+                                    process_index=0, process_count=1))
+    state = loader.get_state()
+    per_row = []
+    for _ in range(4):
+        try:
+            seg = next(loader)["segment_ids"]
+        except StopIteration:
+            break
+        per_row += [int(r.max()) for r in seg if r.max() > 0]
+    loader.set_state(state)
+    ratio = float(np.mean(per_row)) if per_row else 1.0
+    ratio = float(multihost_utils.broadcast_one_to_all(np.float32(ratio)))  # every host the same plan
+    steps = max(1, math.ceil(n * cfg.train.num_epochs / (cfg.train.global_batch_size * ratio)))
+    log(f"{n} records x {cfg.train.num_epochs:g} epochs at ~{ratio:.2f} examples per row -> {steps} steps")
+    return steps
 
 
 def _init_state(setup, cfg: Config, log) -> dict:
@@ -73,7 +88,7 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
     rows = sharding.process_rows(sharding.batch_sharding(mesh, 1), gb)
     pidx, pcount = jax.process_index(), jax.process_count()
     loader = data_lib.make_loader(cfg, "train", gb, rows[0], rows[1], pidx, pcount)
-    steps = total_steps(cfg, loader)
+    steps = total_steps(cfg, loader, log=lambda m: print(m, file=sys.stderr) if pidx == 0 else None)
     setup = state_lib.build(cfg, mesh, steps, model=model)
     primary = pidx == 0
     cfg_dict = run_config.config_dict(cfg)

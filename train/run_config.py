@@ -47,6 +47,8 @@ def check_values(cfg: Config, previous_stage: bool = False, need_files: bool = T
             raise ConfigError(f"train.{name}: must be >= 1, got {v}")
     if t.num_steps == 0 or t.num_steps < -1:
         raise ConfigError(f"train.num_steps: must be positive or -1 (from num_epochs), got {t.num_steps}")
+    if t.num_steps == -1 and t.fake_data.enabled:
+        raise ConfigError("train.num_steps: fake data has no epochs; set a positive number of steps")
     if t.optimizer.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError(f"train.optimizer.schedule: unknown {t.optimizer.schedule!r} (cosine | linear | constant)")
     if not need_files:

@@ -78,6 +78,7 @@ def build(cfg: Config, mesh, total_steps: int, model=None) -> Setup:
         z_loss=cfg.train.z_loss,
         loss_vocab_chunk=cfg.train.loss_vocab_chunk,
         nan_policy=cfg.train.nan_policy,
+        dropout=cfg.model.lora.rank > 0 and cfg.model.lora.dropout > 0,
     )
     train_step = step_lib.jit_train_step(step_lib.build_train_step(model, tx, opts, mesh), state_sh, batch_sh, mesh)
     eval_step = step_lib.jit_eval_step(

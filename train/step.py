@@ -21,6 +21,7 @@ from vlm_jax import losses
 from vlm_jax.sharding import BATCH_AXES
 
 MODEL_KEYS = ("tokens", "segment_ids", "positions", "images", "image_mask")
+OPTIONAL_MODEL_KEYS = ("align_level",)  # AlignGPT
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class StepOptions:
     z_loss: float = 0.0
     loss_vocab_chunk: int = 0
     nan_policy: str = "stop"  # stop | skip
+    dropout: bool = False  # feed a "dropout" rng to the model (LoRA dropout)
 
 
 def _flat(tree: Any) -> dict:
@@ -52,6 +54,7 @@ def lm_head_kernel(params: Any) -> jax.Array:
 def make_loss_sums(model) -> Callable[[Any, dict, int], losses.LossSums]:
     def loss_sums(params, batch, vocab_chunk=0):
         inputs = {k: batch[k] for k in MODEL_KEYS}
+        inputs.update({k: batch[k] for k in OPTIONAL_MODEL_KEYS if k in batch})
         if vocab_chunk:
             hidden = model.apply({"params": params}, inputs, return_hidden=True)
             return losses.chunked_cross_entropy_sums(
@@ -83,24 +86,28 @@ def build_train_step(model, tx, opts: StepOptions, mesh) -> Callable:
         train = {k: v for k, v in flat.items() if k in opts.trainable_keys}
         frozen = {k: v for k, v in flat.items() if k not in opts.trainable_keys}
         num_tokens = batch["loss_mask"].astype(jnp.float32).sum()
+        next_rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
 
-        def grads_of(mb):
+        def grads_of(mb, i):
+            rng = jax.random.fold_in(step_rng, i) if opts.dropout else None
+
             def f(tr):
-                sums = loss_sums(_unflat({**tr, **frozen}), mb, opts.loss_vocab_chunk)
+                sums = loss_sums(_unflat({**tr, **frozen}), mb, opts.loss_vocab_chunk, rng)
                 return losses.total_loss(sums, num_tokens, opts.z_loss), sums
 
             (_, sums), g = jax.value_and_grad(f, has_aux=True)(train)
             return g, sums
 
         if opts.grad_accum_steps == 1:
-            grads, sums = grads_of(batch)
+            grads, sums = grads_of(batch, 0)
         else:
-            def body(carry, mb):
-                g, s = grads_of(mb)
+            def body(carry, xs):
+                g, s = grads_of(*xs)
                 return (jax.tree.map(jnp.add, carry[0], g), carry[1] + s), None
 
             init = (jax.tree.map(jnp.zeros_like, train), losses.LossSums.zeros())
-            (grads, sums), _ = jax.lax.scan(body, init, split_microbatches(batch, opts.grad_accum_steps, mesh))
+            micro = (split_microbatches(batch, opts.grad_accum_steps, mesh), jnp.arange(opts.grad_accum_steps))
+            (grads, sums), _ = jax.lax.scan(body, init, micro)
 
         grad_norm = optax.global_norm(grads)
         full_grads = _unflat({**grads, **{k: jnp.zeros_like(v) for k, v in frozen.items()}})
@@ -117,7 +124,7 @@ def build_train_step(model, tx, opts: StepOptions, mesh) -> Callable:
             "step": state["step"] + advance.astype(state["step"].dtype),
             "params": new_params,
             "opt_state": keep(new_opt, state["opt_state"]),
-            "rng": jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 1)),
+            "rng": jax.random.key_data(next_rng),
         }
         metrics = {
             "loss": sums.nll / jnp.maximum(sums.count, 1.0),
