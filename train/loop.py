@@ -180,6 +180,14 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
         logger.close()
 
 
+def _global_count(local: int) -> int:
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return int(np.asarray(multihost_utils.process_allgather(np.int64(local))).sum())
+
+
 def _record(setup, step: int, m: dict, dt: float, loader, peak, n_devices: int) -> dict:
     lrs = _lr(setup, step - 1)
     base = lrs.get("lr/decoder", lrs.get("lr/lora", next(iter(lrs.values()))))
@@ -189,7 +197,7 @@ def _record(setup, step: int, m: dict, dt: float, loader, peak, n_devices: int) 
         "learning_rate": base,
         "tokens_per_second": float(m["tokens"]) / max(dt, 1e-9),
         "supervised_tokens_per_second": float(m["supervised_tokens"]) / max(dt, 1e-9),
-        "skipped_examples": int(loader.stats().get("skipped_examples", 0)),
+        "skipped_examples": _global_count(int(loader.stats().get("skipped_examples", 0))),
         "grad_norm": float(m["grad_norm"]),
         "token_accuracy": float(m["token_accuracy"]),
         "step_time": dt,

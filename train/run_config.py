@@ -10,7 +10,6 @@ from typing import Optional
 from vlm_jax.config import Config, ConfigError, dump_yaml, load, to_dict
 
 NAN_POLICIES = ("stop", "skip")
-TRAINABLE = ("vision", "projector", "decoder", "lora")
 
 
 def load_config(path: Optional[str], overrides: list[str]) -> Config:
@@ -33,9 +32,11 @@ def check_values(cfg: Config, previous_stage: bool = False, need_files: bool = T
     t = cfg.train
     if t.nan_policy not in NAN_POLICIES:
         raise ConfigError(f"train.nan_policy: must be one of {', '.join(NAN_POLICIES)}, got {t.nan_policy!r}")
+    from vlm_jax.optim import GROUPS
+
     for g in t.trainable:
-        if g not in TRAINABLE:
-            raise ConfigError(f"train.trainable: unknown group {g!r} (known: {', '.join(TRAINABLE)})")
+        if g not in GROUPS:
+            raise ConfigError(f"train.trainable: unknown group {g!r} (known: {', '.join(GROUPS)})")
     if not t.trainable:
         raise ConfigError("train.trainable: at least one group must be trainable")
     if "lora" in t.trainable and cfg.model.lora.rank <= 0:

@@ -52,15 +52,16 @@ def lm_head_kernel(params: Any) -> jax.Array:
 
 
 def make_loss_sums(model) -> Callable[[Any, dict, int], losses.LossSums]:
-    def loss_sums(params, batch, vocab_chunk=0):
+    def loss_sums(params, batch, vocab_chunk=0, rng=None):
         inputs = {k: batch[k] for k in MODEL_KEYS}
         inputs.update({k: batch[k] for k in OPTIONAL_MODEL_KEYS if k in batch})
+        kw = {"rngs": {"dropout": rng}} if rng is not None else {}
         if vocab_chunk:
-            hidden = model.apply({"params": params}, inputs, return_hidden=True)
+            hidden = model.apply({"params": params}, inputs, return_hidden=True, **kw)
             return losses.chunked_cross_entropy_sums(
                 hidden, lm_head_kernel(params), batch["targets"], batch["loss_mask"], vocab_chunk
             )
-        logits = model.apply({"params": params}, inputs)
+        logits = model.apply({"params": params}, inputs, **kw)
         return losses.cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
 
     return loss_sums

@@ -257,6 +257,10 @@ def save_model_checkpoint(
         if os.path.isdir(os.path.join(directory, "params")):
             shutil.rmtree(os.path.join(directory, "params"))
         os.makedirs(directory, exist_ok=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"vlm_jax_model_checkpoint:{directory}")
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(epath.Path(directory) / "params", params)
     ckptr.wait_until_finished()
