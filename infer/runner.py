@@ -107,6 +107,8 @@ def prompt_ids(m: Loaded, template: str, text: str, num_images: int) -> np.ndarr
     if not tags:
         text = (IMAGE_TOKEN + "\n") * num_images + text
     ids = templates.generation_prompt([{"from": "human", "value": text}], template, m.tokenizer)
+    if m.cfg.aligngpt.enabled and num_images:  # AlignGPT: the gated indicator right after BOS
+        ids = [ids[0], m.cfg.aligngpt.indicator_token_id, *ids[1:]]
     n = tokens_per_image(m.cfg)
     return np.concatenate([np.full(n, m.cfg.image_token_id, np.int32) if t == templates.IMAGE_MARKER
                            else np.asarray([t], np.int32) for t in ids])

@@ -43,6 +43,7 @@ def batch_shapes(cfg: Config, rows: int) -> dict[str, tuple[tuple[int, ...], Any
         "positions": ((rows, seq), np.int32),
         "images": ((rows, images, crops, v.image_size, v.image_size, 3), np.uint8),
         "image_mask": ((rows, images), np.bool_),
+        **({"align_level": ((rows, seq), np.int32)} if cfg.model.aligngpt.enabled else {}),
     }
 
 
@@ -80,8 +81,17 @@ class FakeBatches:
         targets = ids[1:].copy()
         loss_mask = (rng.random(seq) < 0.5) & (seg > 0) & (tokens != self.cfg.model.image_token_id)
         del v
-        return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=seg, positions=pos,
-                    images=images, image_mask=image_mask)
+        row = dict(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=seg, positions=pos,
+                   images=images, image_mask=image_mask)
+        if self.cfg.model.aligngpt.enabled:  # an indicator after BOS of the first segment when it has the image
+            a = self.cfg.model.aligngpt
+            row["align_level"] = np.full(seq, -1, np.int32)
+            if image_mask[0] and bounds[1] > self.n_img + 1:
+                tokens[1] = a.indicator_token_id
+                row["align_level"][1] = int(rng.integers(0, a.num_indicators + 1))
+                tokens[2:2 + self.n_img] = self.cfg.model.image_token_id
+                loss_mask[:2 + self.n_img] = False
+        return row
 
     def __iter__(self):
         return self
@@ -89,7 +99,7 @@ class FakeBatches:
     def __next__(self) -> dict:
         rows = [self._row(self.index, r) for r in self.rows]
         self.index += 1
-        return {k: np.stack([row[k] for row in rows]) for k in BATCH_KEYS}
+        return {k: np.stack([row[k] for row in rows]) for k in self.shapes}
 
     def get_state(self) -> dict:
         return {"index": self.index}

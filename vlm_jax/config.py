@@ -102,6 +102,16 @@ class LoRAConfig:
 
 
 @dataclass
+class AlignGPTConfig:
+    """AlignGPT alignment indicators (off by default; see vlm_jax/models/aligngpt.py)."""
+
+    enabled: bool = False
+    num_indicators: int = 8  # levels 0..n-2 are mixed by the gate; level n-1 is the global one added to the mix
+    gate_hidden: int = 256  # GatedWeightLayer: Linear(N, 256) -> GELU -> Linear(256, n-1)
+    indicator_token_id: int = -300  # placeholder id the data puts right after BOS (outside the vocabulary)
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -116,6 +126,7 @@ class ModelConfig:
     # xla (reference einsum) | dot_product (jax.nn.dot_product_attention) | blocked (causal block skipping)
     attention: str = "xla"
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    aligngpt: AlignGPTConfig = field(default_factory=AlignGPTConfig)
 
 
 # ----------------------------------------------------------------------------- data schema
@@ -168,6 +179,9 @@ class DataConfig:
     # MMC4-style documents ({"text_list", "image_info"}): supervise all text, or only sentences that follow an
     # image (after_image: VILA's image_following_text_only)
     interleaved_loss: str = "all"
+    # AlignGPT (model.aligngpt.enabled): "" = the gate computes each indicator (SFT, eval); a record
+    # field name (AlignGPT pretraining: "similarity") = each image sample's integer level from the data
+    align_level_field: str = ""
 
 
 # ----------------------------------------------------------------------------- root schema

@@ -206,7 +206,9 @@ def prefill(cfg: ModelConfig, params: dict, batch: dict, rng: jax.Array, sc: Sam
     # causal over in-row order, real keys only; a padding query sees itself (keeps softmax finite)
     mask = (key_valid[:, None, :] & (idx[None, None, :] <= q[None, :, None])) | (idx[None, None, :] == q[None, :, None])
 
-    x = model.apply({"params": params}, {"tokens": tokens, "images": batch.get("images")},
+    # segment ids and positions let AlignGPT's gate see only each prompt's own text (others ignore them)
+    x = model.apply({"params": params}, {"tokens": tokens, "images": batch.get("images"),
+                                         "segment_ids": prompt_mask.astype(jnp.int32), "positions": positions},
                     method=lambda m, bt: m.embed_inputs(bt))
     cos, sin = _rope(cfg, positions)
     layers = layer_params(params, cfg.decoder.num_layers, sc.unroll_layers)

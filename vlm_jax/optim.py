@@ -15,7 +15,7 @@ import optax
 
 from vlm_jax.config import ConfigError, OptimizerConfig
 
-GROUPS = ("vision", "projector", "decoder", "lora")
+GROUPS = ("vision", "projector", "decoder", "lora", "align_indicators", "gated_weight_layer")  # the last two: AlignGPT
 FROZEN = "frozen"
 _TOP_LEVEL = {"vision_tower": "vision", "projector": "projector", "decoder": "decoder"}
 _LORA_NAMES = ("lora_a", "lora_b")

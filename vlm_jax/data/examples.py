@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from vlm_jax.data import aligngpt
 from vlm_jax.data import images as img_lib
 from vlm_jax.data import interleaved
 from vlm_jax.data.errors import SkipExample
@@ -36,6 +37,9 @@ class ExampleSpec:
     mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073)
     tiling: str = "none"
     resample: str = "bicubic"
+    indicator_token_id: Optional[int] = None  # AlignGPT: indicator placeholder after BOS; None = off
+    align_level_field: str = ""  # AlignGPT pretraining: the record field holding the level
+    num_indicators: int = 8
 
 
 def check_conversation(conv: list) -> None:
@@ -99,6 +103,11 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
     if int(np.sum(tokens == IMAGE_MARKER)) != n_images:
         raise SkipExample("template_error", "the template changed the number of <image> markers")
 
+    level = aligngpt.NO_INDICATOR
+    if spec.indicator_token_id is not None:
+        level = aligngpt.example_level(rec.fields, n_images > 0, spec.align_level_field, spec.num_indicators)
+        tokens, label_mask = aligngpt.insert_indicator(tokens, label_mask, level, spec.indicator_token_id)
+
     n = spec.tokens_per_image
     tokens, label_mask, starts = expand_images(tokens, label_mask, n, spec.image_token_id)
     truncated = len(tokens) > spec.seq_len
@@ -106,6 +115,7 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
         if spec.too_long == "drop":
             raise SkipExample("too_long", f"{len(tokens)} tokens > seq_len {spec.seq_len}")
         tokens, label_mask, n_images = truncate(tokens, label_mask, starts, n, spec.seq_len)
+        tokens, label_mask, level = aligngpt.drop_indicator(tokens, label_mask, level, n_images)
     if len(tokens) < 2 or not label_mask[1:].any():
         raise SkipExample("no_supervised_tokens", "after truncation" if truncated else "")
     if n_images > spec.max_images:
@@ -121,7 +131,7 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
             data = img_lib.read_file(raw.image_folder, name)
         pil = img_lib.decode(data, name)
         pixels[j] = img_lib.crops(pil, spec.aspect, spec.image_size, spec.mean, spec.tiling, spec.resample)
-    return {
+    out = {
         "tokens": tokens.astype(np.int32),
         "label_mask": label_mask,
         "images": pixels,
@@ -129,6 +139,9 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
         "truncated": truncated,
         "source": raw.source,
     }
+    if spec.indicator_token_id is not None:
+        out["align_level"] = level
+    return out
 
 
 def _document_images(rec, max_images: int):

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import grain
 import numpy as np
 
+from vlm_jax.data import aligngpt
 from vlm_jax.data.errors import DataError
 
 _PAD_ID = 0
@@ -50,8 +51,11 @@ def assemble_row(examples: list[dict], seq_len: int, max_images: int, image_shap
         images[img : img + k] = ex["images"]
         image_mask[img : img + k] = True
         pos, img = pos + n, img + k
-    return {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "segment_ids": segment_ids,
-            "positions": positions, "images": images, "image_mask": image_mask}
+    row = {"tokens": tokens, "targets": targets, "loss_mask": loss_mask, "segment_ids": segment_ids,
+           "positions": positions, "images": images, "image_mask": image_mask}
+    if "align_level" in examples[0]:
+        row["align_level"] = aligngpt.row_levels(examples, seq_len)
+    return row
 
 
 class _Bin:

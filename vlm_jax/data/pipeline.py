@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import grain
 import numpy as np
 
-from vlm_jax.config import DataConfig, DataSourceConfig
+from vlm_jax.config import AlignGPTConfig, DataConfig, DataSourceConfig
 from vlm_jax.data import examples as ex_lib
 from vlm_jax.data import images as img_lib
 from vlm_jax.data import interleaved
@@ -93,13 +93,20 @@ def _tagged(raw: RawRecord, fn) -> dict:
         return {"skip": e.reason, "message": describe(raw.file, raw.row, rid, e.reason, e.detail)}
 
 
+def _aligngpt_spec(cfg: DataConfig, aligngpt: Optional[AlignGPTConfig]) -> dict:
+    if aligngpt is None or not aligngpt.enabled:
+        return {}
+    return dict(indicator_token_id=aligngpt.indicator_token_id, align_level_field=cfg.align_level_field,
+                num_indicators=aligngpt.num_indicators)
+
+
 class DataLoader:
     """Iterator of packed batches with checkpointable state and skip statistics."""
 
     def __init__(self, cfg: DataConfig, *, batch_size: int, tokens_per_image: int, image_token_id: int,
                  image_size: int, image_mean: Sequence[float], encode: Optional[ex_lib.EncodeFn] = None,
                  tokenizer=None, process_index: int = 0, process_count: int = 1, split: str = "train",
-                 sources: Optional[Sequence[DataSourceConfig]] = None):
+                 sources: Optional[Sequence[DataSourceConfig]] = None, aligngpt: Optional[AlignGPTConfig] = None):
         if cfg.too_long not in ("truncate", "drop"):
             raise DataError(f"data.too_long must be truncate or drop, got {cfg.too_long!r}")
         if cfg.image.tiling == "auto":
@@ -112,7 +119,8 @@ class DataLoader:
         self.spec = ex_lib.ExampleSpec(
             seq_len=cfg.seq_len, max_images=cfg.max_images, tokens_per_image=tokens_per_image,
             image_token_id=image_token_id, too_long=cfg.too_long, aspect=cfg.image.aspect,
-            image_size=image_size, mean=tuple(image_mean), tiling=cfg.image.tiling, resample=cfg.image.resample)
+            image_size=image_size, mean=tuple(image_mean), tiling=cfg.image.tiling, resample=cfg.image.resample,
+            **_aligngpt_spec(cfg, aligngpt))
         self.image_shape = (img_lib.num_crops(cfg.image.tiling), image_size, image_size, 3)
         encode = encode or default_encode(cfg, tokenizer)
         train = split == "train"
@@ -193,7 +201,8 @@ def make_loader(config: Any, *, batch_size: int, tokens_per_image: Optional[int]
         data, batch_size=batch_size, tokens_per_image=tokens_per_image, image_token_id=model.image_token_id,
         image_size=data.image.image_size or model.vision.image_size,
         image_mean=data.image.mean or model.vision.image_mean, encode=encode, tokenizer=tokenizer,
-        process_index=process_index, process_count=process_count, split=split, sources=sources)
+        process_index=process_index, process_count=process_count, split=split, sources=sources,
+        aligngpt=model.aligngpt)
 
 
 __all__ = ["DataLoader", "make_loader", "record_dataset", "default_encode", "empty_stats"]

@@ -41,6 +41,7 @@ class Record:
     conversations: list
     image_paths: list[str]
     image_bytes: Optional[list[bytes]] = None  # set for ArrayRecord records
+    fields: dict = dataclasses.field(default_factory=dict)  # the whole record (e.g. AlignGPT's `similarity`)
 
 
 # ----------------------------------------------------------------------------- record codec
@@ -108,7 +109,7 @@ def parse_record(raw: RawRecord) -> Record:
         paths = list(image)
     else:
         raise SkipExample("malformed_record", "'image' must be a string or a list of strings")
-    return Record(payload.get("id"), conv, paths, embedded)
+    return Record(payload.get("id"), conv, paths, embedded, payload)
 
 
 # ----------------------------------------------------------------------------- sources

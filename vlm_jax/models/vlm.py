@@ -10,7 +10,7 @@ import numpy as np
 from flax import linen as nn
 
 from vlm_jax.config import ModelConfig
-from vlm_jax.models import projectors
+from vlm_jax.models import aligngpt, projectors
 from vlm_jax.models.llama import Decoder
 from vlm_jax.models.vit import VisionTower
 
@@ -39,6 +39,8 @@ class VLM(nn.Module):
         self.vision_tower = VisionTower(c.vision, dt, pdt, c.remat_policy)
         self.projector = projectors.build_projector(c, dt, pdt, name="projector")
         self.decoder = Decoder(c.decoder, dt, pdt, c.scan_layers, c.remat_policy, c.attention, c.lora)
+        if c.aligngpt.enabled:
+            self.align_indicators, self.gated_weight_layer = aligngpt.build(c.aligngpt, c.decoder.hidden_size, dt, pdt)
 
     @staticmethod
     def tokens_per_image(cfg: ModelConfig) -> int:
@@ -64,7 +66,22 @@ class VLM(nn.Module):
         images = batch.get("images")
         if images is not None and images.shape[1] > 0:
             x = merge_image_features(x, tokens, self.encode_images(images), self.cfg.image_token_id)
+        if self.cfg.aligngpt.enabled:
+            x = self.insert_align_indicators(x, batch)
         return x
+
+    def insert_align_indicators(self, x: jax.Array, batch: dict) -> jax.Array:
+        tokens = batch["tokens"]
+        segment_ids, positions = batch.get("segment_ids"), batch.get("positions")
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1])[None], tokens.shape)
+        images = batch.get("images")
+        return aligngpt.insert_indicators(
+            self.align_indicators, self.gated_weight_layer, self.cfg.aligngpt, x, tokens,
+            image_token_id=self.cfg.image_token_id, tokens_per_image=self.tokens_per_image(self.cfg),
+            num_image_slots=0 if images is None else images.shape[1], align_level=batch.get("align_level"),
+            segment_ids=jnp.ones_like(tokens) if segment_ids is None else segment_ids,
+            positions=positions)
 
     def __call__(self, batch: dict, return_hidden: bool = False) -> jax.Array:
         tokens = batch["tokens"]
