@@ -69,6 +69,7 @@ def import_weights(sources: list[Source], cfg: ModelConfig, out_dir: str, *, dty
     """Read `sources` tensor by tensor into a numpy param tree for `cfg`; unused tensors of sources
     with `keep_unused` go to `<out_dir>/extra_tensors.safetensors`. Entries missing from every
     source are an error, except those under `fresh_prefix` when `fresh()` (-> param subtree) is given."""
+    cfg.param_dtype = np_dtype(dtype).name
     entries = {e.key: e for e in mapping.all_entries(cfg)}
     shapes = VLM(cfg).abstract_params()
     readers = [(s, TensorReader(s.path)) for s in sources]

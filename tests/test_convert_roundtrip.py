@@ -94,10 +94,14 @@ def test_hf_llava_transformers4_config(tmp_path):
     cfg["transformers_version"] = "4.45.0"
     with open(tmp_path / "hf" / "config.json", "w") as f:
         json.dump(cfg, f)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    with open(tmp_path / "hf" / "preprocessor_config.json", "w") as f:
+        json.dump({"image_processor_type": "CLIPImageProcessor", "image_mean": mean, "image_std": std}, f)
     cli("import", "--format", "hf-llava", "--src", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt"))
     toks, imgs = prompt(tokens_per_image(hf), 1), images(1)
     ours, mcfg = ckpt_logits(str(tmp_path / "ckpt"), toks, imgs)
     assert mcfg.decoder.rope_scaling["rope_type"] == "llama3" and mcfg.decoder.rope_theta == 500000.0
+    assert list(mcfg.vision.image_mean) == mean and list(mcfg.vision.image_std) == std
     assert np.abs(ours - hf_logits(hf, toks, imgs, mcfg.vision.image_mean, mcfg.vision.image_std)).max() < 1e-4
 
 
