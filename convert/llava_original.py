@@ -97,7 +97,7 @@ def infer_vision(infos: dict, mm: dict) -> VisionConfig:
     d, _, p, _ = infos["vision.embeddings.patch_embedding.weight"]
     n_pos = infos["vision.embeddings.position_embedding.weight"][0]
     layers = 1 + max(int(k.split(".")[3]) for k in infos if k.startswith("vision.encoder.layers."))
-    heads = 16 if (siglip and d == 1152) else d // 64  # not in the shapes; CLIP/SigLIP use head_dim 64 (so400m: 72)
+    heads = 16 if (siglip and d == 1152) else max(1, d // 64)  # not in the shapes; CLIP/SigLIP use head_dim 64 (so400m: 72)
     engine.log(f"vision config inferred from tensor shapes: hidden {d}, {layers} layers, {heads} heads "
                "(pass --vision DIR to take it from the tower's config.json)")
     return VisionConfig(kind="siglip" if siglip else "clip", image_size=int(math.isqrt(n_pos - (0 if siglip else 1))) * p,

@@ -78,11 +78,17 @@ def hf_logits(model, tokens: np.ndarray, imgs: np.ndarray, mean, std) -> np.ndar
         return model(input_ids=torch.tensor(tokens, dtype=torch.long), pixel_values=pix).logits.numpy()
 
 
+_APPLY: dict = {}
+
+
 def ckpt_logits(ckpt: str, tokens: np.ndarray, imgs: np.ndarray):
     """Logits of a CKPT on one row with the images in order; also returns the config."""
     params, cfg = load_model_checkpoint(ckpt)
     batch = {"tokens": jnp.asarray(tokens), "images": jnp.asarray(imgs[None, :, None])}
-    out = jax.jit(VLM(cfg).apply)({"params": jax.tree.map(jnp.asarray, params)}, batch)
+    key = repr(cfg)  # one compile per model config across tests
+    if key not in _APPLY:
+        _APPLY[key] = jax.jit(VLM(cfg).apply)
+    out = _APPLY[key]({"params": jax.tree.map(jnp.asarray, params)}, batch)
     return np.asarray(out), cfg
 
 

@@ -54,7 +54,8 @@ def load_hf(path: str) -> LlavaForConditionalGeneration:
     return model.eval()
 
 
-@pytest.mark.parametrize("variant", ["hf4-clip-llama", "hf5-vision_model-clip-llama3", "hf4-siglip-qwen2-bf16-sharded"])
+@pytest.mark.parametrize("variant", ["hf4-clip-llama", "hf5-clip-llama", "hf5-vision_model-clip-llama3",
+                                     "hf4-siglip-qwen2-bf16-sharded"])
 def test_hf_llava_round_trip_exact(tmp_path, variant):
     vision, text = ("siglip", "qwen2") if "siglip" in variant else ("clip", "llama3" if "llama3" in variant else "llama")
     hf = make_hf_llava(str(tmp_path / "saved"), vision, text, -2, "full" if vision == "siglip" else "default")
@@ -64,7 +65,7 @@ def test_hf_llava_round_trip_exact(tmp_path, variant):
         hf.save_pretrained(src, max_shard_size="20KB")
         assert os.path.exists(os.path.join(src, "model.safetensors.index.json"))
     if "hf5" in variant:
-        rename_hf5(src, str(tmp_path / "src"), vision_model=True)
+        rename_hf5(src, str(tmp_path / "src"), vision_model="vision_model" in variant)
         src = str(tmp_path / "src")
     make_tokenizer(src)
     cli("import", "--format", "hf-llava", "--src", src, "--out", str(tmp_path / "ckpt"))
