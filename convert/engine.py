@@ -146,8 +146,8 @@ def import_weights(sources: list[Source], cfg: ModelConfig, out_dir: str, *, dty
 
 def write_ckpt(out_dir: str, result: ImportResult, cfg: ModelConfig, source: dict,
                tokenizer_dir: Optional[str] = None) -> None:
-    """Params + model config + tokenizer via vlm_jax.checkpoint, plus conversion.json (the extras
-    file was written by import_weights). The completion marker is written last."""
+    """The model folder of vlm_jax.checkpoint (params, model config, tokenizer, marker last) plus
+    conversion.json; the extras file was already written by import_weights."""
     os.makedirs(out_dir, exist_ok=True)
     if not result.kept and os.path.exists(os.path.join(out_dir, f"{EXTRAS}.safetensors")):
         os.remove(os.path.join(out_dir, f"{EXTRAS}.safetensors"))
