@@ -108,3 +108,41 @@ def test_global_batch_from_process_local_rows():
     g = sharding.global_batch(local, mesh, 16)
     assert g["tokens"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
     np.testing.assert_array_equal(np.asarray(g["tokens"]), local["tokens"])
+
+
+def test_llava15_recipe_configs_load_and_validate():
+    import glob
+    import os
+
+    from train import run_config, stages
+    from vlm_jax.config import load_yaml
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "llava15")
+    for path in sorted(glob.glob(os.path.join(root, "*.yaml"))):
+        raw = load_yaml(path)
+        if stages.is_recipe(raw):
+            loaded = stages.load_recipe(path, raw, [], need_files=False)
+            assert [s.name for s in loaded] == ["pretrain", "finetune"]
+            assert loaded[1].cfg.train.init_from == loaded[0].cfg.run_dir
+            continue
+        cfg = run_config.load_config(path, [])
+        run_config.check_values(cfg, need_files=False)
+        if os.path.basename(path).startswith("base"):
+            continue
+        assert run_config.check_devices(cfg, 8, 1) == (1, 8, 1)
+        t = cfg.train
+        if "pretrain" in path:
+            assert t.trainable == ["projector"] and t.optimizer.learning_rate == 1e-3 and t.global_batch_size == 256
+            assert cfg.data.template == "plain"
+        elif "lora" in path:
+            assert set(t.trainable) == {"lora", "projector"} and cfg.model.lora.rank == 128
+            assert cfg.model.lora.alpha == 256 and t.optimizer.learning_rate == 2e-4
+            assert t.optimizer.group_lr == {"projector": 2e-5}
+        else:
+            assert t.optimizer.learning_rate == 2e-5 and t.global_batch_size == 128 and cfg.data.template == "vicuna_v1"
+        assert cfg.data.seq_len == 2048 and t.optimizer.warmup_ratio == 0.03 and t.optimizer.schedule == "cosine"
+        assert t.num_epochs == 1.0
+        big = "13b" in path
+        assert cfg.model.decoder.hidden_size == (5120 if big else 4096)
+        assert cfg.model.decoder.num_layers == (40 if big else 32)
+        assert cfg.model.vision.image_size == 336 and cfg.model.vision.num_layers == 24
