@@ -162,7 +162,7 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
                 return summary
             last = time.time()  # throughput counts data + step, not eval/checkpoint pauses
         ckpt.save(state, loader.get_state(), cfg_dict)
-        if cfg.train.eval.at_end and data_lib.has_eval_data(cfg):
+        if cfg.train.eval.at_end and data_lib.has_eval_data(cfg) and step > start:
             rec = {"step": step, **eval_lib.evaluate(setup, state["params"], cfg.train.eval.num_batches, rows)}
             logger.log(rec)
             summary.update(rec)
