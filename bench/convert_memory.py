@@ -76,9 +76,9 @@ def child_peak_mb(argv: list[str]) -> tuple[float, float]:
     return int(out.stdout.strip().splitlines()[-1]) / 1024, time.time() - t
 
 
-def sizes(path: str) -> tuple[float, float]:
+def sizes(path: str) -> tuple[float, float, int]:
     files = [os.path.join(path, f) for f in os.listdir(path) if f.endswith((".safetensors", ".bin"))]
-    return sum(map(os.path.getsize, files)) / 2**20, max(map(os.path.getsize, files)) / 2**20
+    return sum(map(os.path.getsize, files)) / 2**20, max(map(os.path.getsize, files)) / 2**20, len(files)
 
 
 def main() -> None:
@@ -92,14 +92,14 @@ def main() -> None:
     src, ckpt, out = (os.path.join(args.dir, n) for n in ("hf", "ckpt", "export"))
     shutil.rmtree(args.dir, ignore_errors=True)
     generate(src, args.gb, parse_size(args.shard_size))
-    total, largest = sizes(src)
+    total, largest, n_files = sizes(src)
     py = [sys.executable, "-m", "convert"]
     base, _ = child_peak_mb([sys.executable, "-c", "import convert.engine, convert.hf_llava"])
     imp, t_imp = child_peak_mb(py + ["import", "--format", "hf-llava", "--src", src, "--out", ckpt, "--no-progress"])
     exp, t_exp = child_peak_mb(py + ["export", "--format", "hf-llava", "--src", ckpt, "--out", out, "--no-progress",
                                      "--max-shard-size", args.shard_size])
     params = total  # float32 source -> float32 params: the param tree is as large as the checkpoint
-    print(f"checkpoint: {total:.0f} MB in {len(os.listdir(src)) - 2} files, largest file {largest:.0f} MB")
+    print(f"checkpoint: {total:.0f} MB in {n_files} files, largest file {largest:.0f} MB")
     print(f"baseline (imports only): {base:.0f} MB peak RSS")
     print(f"{'step':8} {'peak RSS MB':>12} {'- base - params':>16} {'/ largest file':>15} {'seconds':>8}")
     for name, peak, t in (("import", imp, t_imp), ("export", exp, t_exp)):
