@@ -174,3 +174,25 @@ def test_gate_level_is_derived_from_tokens_without_the_key(setup):
     with_key, _ = run(model, params, batch)
     without, _ = run(model, params, {k: v for k, v in batch.items() if k != "align_level"})
     np.testing.assert_array_equal(with_key, without)
+
+
+@pytest.mark.slow
+def test_generate_on_left_padded_prompts_matches_the_training_forward(setup):
+    """Inference: the prompt carries the indicator placeholder (no `align_level`); padding is not text."""
+    from vlm_jax.generate import SamplingConfig, generate
+
+    cfg, model, params, pixels = setup
+    exs = examples(cfg, SAMPLES, pixels, pretrain=False)
+    lu, _ = run(model, params, rows(exs, packed=False))
+    length = max(len(e["tokens"]) for e in exs) + 3
+    tokens = np.zeros((len(exs), length), np.int32)
+    mask = np.zeros((len(exs), length), bool)
+    images = np.zeros((len(exs), 1, 1, IMG, IMG, 3), np.uint8)
+    for i, e in enumerate(exs):
+        tokens[i, length - len(e["tokens"]):], mask[i, length - len(e["tokens"]):] = e["tokens"], True
+        images[i, :len(e["images"])] = e["images"]
+    state = generate(cfg, params, {"tokens": jnp.asarray(tokens), "prompt_mask": jnp.asarray(mask),
+                                   "images": jnp.asarray(images)}, SamplingConfig(max_new_tokens=1, return_logits=True))
+    first = np.asarray(state.logits[:, 0])
+    for i, e in enumerate(exs):
+        np.testing.assert_allclose(first[i], lu[i, len(e["tokens"]) - 1], atol=TOL, rtol=0)
