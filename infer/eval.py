@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="model checkpoint folder")
     src.add_argument("--hf", help="HF LLaVA or original LLaVA folder (converted in memory)")
+    p.add_argument("--vision", help="with --hf of an original LLaVA folder without the tower: the HF CLIP/SigLIP folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's)")
     p.add_argument("--questions", required=True, help="question.jsonl, or a folder of <language>/question.jsonl")
     p.add_argument("--image-folder", default="", help="image paths are relative to this")
@@ -152,6 +153,12 @@ def _headline(s: dict) -> str:
     return f"{o['scorer']} {100 * o[metric]:.2f}{extra}"
 
 
+def _image_folder(args, language: Optional[str]) -> str:
+    if language and os.path.isdir(os.path.join(args.image_folder, language)):
+        return os.path.join(args.image_folder, language)
+    return args.image_folder
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -175,9 +182,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not isinstance(q.get("text"), str) or "question_id" not in q:
                 parser.error(f"{lang or args.questions}: question {q.get('question_id')!r} needs question_id and text")
 
+    missing = [os.path.join(_image_folder(args, lang), im) for lang, qs in questions.items() for q in qs
+               for im in ([q["image"]] if q.get("image") else list(q.get("images") or []))
+               if not os.path.isfile(os.path.join(_image_folder(args, lang), im))]
+    if missing:
+        parser.error(f"{len(missing)} images not found, e.g. {missing[0]} (check --image-folder)")
+
     from infer import runner
 
-    m = runner.load(args.checkpoint, args.hf, args.tokenizer)
+    m = runner.load(args.checkpoint, args.hf, args.tokenizer, args.vision)
     if args.image_aspect:
         m.aspect = args.image_aspect
     template = args.template or runner.default_template(m.tokenizer)
@@ -185,11 +198,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     summary = {}
     for lang, qs in questions.items():
-        folder = args.image_folder
-        if lang and os.path.isdir(os.path.join(folder, lang)):
-            folder = os.path.join(folder, lang)
         path = answer_file(args, lang)
-        answer_questions(args, m, template, sc, qs, path, folder, desc=lang or "eval")
+        answer_questions(args, m, template, sc, qs, path, _image_folder(args, lang), desc=lang or "eval")
         summary[lang or "all"] = score_answers(qs, path, args.scorer)
 
     result = summary if len(summary) > 1 or "all" not in summary else summary["all"]

@@ -41,7 +41,7 @@ def _aspect_from_preprocessor(pre: Optional[dict]) -> str:
     return "crop" if pre.get("do_center_crop") else "resize"
 
 
-def _hf_in_memory(src: str):
+def _hf_in_memory(src: str, vision: Optional[str] = None):
     """An HF `LlavaForConditionalGeneration` folder -> (numpy params, cfg, preprocessor), no files written.
     Original LLaVA folders go through the converter into a temporary CKPT."""
     from convert import engine, hf_configs, hf_llava
@@ -61,16 +61,17 @@ def _hf_in_memory(src: str):
     from vlm_jax.checkpoint import load_model_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        llava_original.import_checkpoint(src, tmp, progress=True)
+        llava_original.import_checkpoint(src, tmp, vision=vision, progress=True)
         params, cfg = load_model_checkpoint(tmp)
     return params, cfg, "pad"
 
 
-def load(checkpoint: Optional[str] = None, hf: Optional[str] = None, tokenizer: Optional[str] = None) -> Loaded:
+def load(checkpoint: Optional[str] = None, hf: Optional[str] = None, tokenizer: Optional[str] = None,
+         vision: Optional[str] = None) -> Loaded:
     from vlm_jax.checkpoint import load_params, tokenizer_dir
 
     if hf:
-        params, cfg, aspect = _hf_in_memory(hf)
+        params, cfg, aspect = _hf_in_memory(hf, vision)
         tok_dir, name = tokenizer or hf, os.path.basename(os.path.normpath(hf))
     else:
         params, cfg = load_params(checkpoint)

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="model checkpoint folder (convert output or <run_dir>/final)")
     src.add_argument("--hf", help="HF LlavaForConditionalGeneration or original LLaVA folder (converted in memory)")
+    p.add_argument("--vision", help="with --hf of an original LLaVA folder without the tower: the HF CLIP/SigLIP folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's tokenizer/ or the --hf folder)")
     p.add_argument("--image", action="append", default=[], help="image file (repeatable; in <image> tag order)")
     p.add_argument("--prompt", help="the question")
@@ -118,7 +119,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from infer import runner
 
-    m = runner.load(args.checkpoint, args.hf, args.tokenizer)
+    m = runner.load(args.checkpoint, args.hf, args.tokenizer, args.vision)
     if args.image_aspect:
         m.aspect = args.image_aspect
     template = args.template or runner.default_template(m.tokenizer)

@@ -4,6 +4,7 @@ stable across float32 rounding."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -116,9 +117,10 @@ def our_params(hf, cfg: ModelConfig) -> dict:
     return {"vision_tower": vt, "projector": proj, "decoder": dec}
 
 
-def tiny(arch: str, seed: int = 0, **kw):
-    """-> (hf_model, our ModelConfig, our params as numpy)."""
-    hf = hf_model(arch, seed, **kw)
+@functools.lru_cache(maxsize=None)
+def tiny(arch: str, seed: int = 0):
+    """-> (hf_model, our ModelConfig, our params as numpy); cached, treat as read-only."""
+    hf = hf_model(arch, seed)
     cfg = our_config(hf)
     return hf, cfg, our_params(hf, cfg)
 

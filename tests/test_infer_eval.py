@@ -13,7 +13,7 @@ from vlm_jax.checkpoint import save_model_checkpoint
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    _, cfg, params = tiny("clip-llama", seed=5)
+    _, cfg, params = tiny("clip-llama")
     ckpt = save_model_checkpoint(str(root / "ckpt"), params, cfg, tokenizer_dir=write_tokenizer(str(root / "tok")))
     os.makedirs(root / "images" / "zh")
     for i in range(2):
@@ -64,9 +64,11 @@ def test_model_vqa_round_trip(setup, capsys):
     assert ev.main(argv[:-8] + ["--answers", chunk, "--num-chunks", "2", "--chunk-idx", "1", "--max-new-tokens", "4",
                                 "--template", "vicuna_v1"]) == 0
     assert [a["question_id"] for a in _lines(chunk)] == [3, "t"]
-    with pytest.raises(SystemExit) as e:
-        ev.main(argv + ["--chunk-idx", "2", "--num-chunks", "2"])
-    assert e.value.code == 2
+    for bad in (argv + ["--chunk-idx", "2", "--num-chunks", "2"],
+                ["--checkpoint", ckpt, "--questions", str(root / "question.jsonl"), "--answers", chunk]):  # images?
+        with pytest.raises(SystemExit) as e:
+            ev.main(bad)
+        assert e.value.code == 2
 
 
 def test_multilingual_folder(setup, capsys):

@@ -144,7 +144,10 @@ def layer_params(params: dict, num_layers: int, unroll: bool = True):
 
 
 def _layer_module(cfg: ModelConfig) -> DecoderLayer:
-    return DecoderLayer(cfg.decoder, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), cfg.attention)
+    # "blocked" attention is a training-time layout for L x L masks; cached attention is [L, S]
+    impl = cfg.attention if cfg.attention == "dot_product" else "xla"
+    return DecoderLayer(cfg.decoder, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                        attention_impl=impl)
 
 
 def _run_layers(cfg: ModelConfig, layers, x, cos, sin, mask, cache, index, unroll: bool):
@@ -197,14 +200,12 @@ def prefill(cfg: ModelConfig, params: dict, batch: dict, rng: jax.Array, sc: Sam
     if prompt_mask is None:
         prompt_mask = jnp.ones_like(tokens, bool)
     prompt_mask = prompt_mask.astype(bool)
-    size = length + sc.max_new_tokens
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
     key_valid = jnp.pad(prompt_mask, ((0, 0), (0, sc.max_new_tokens)))
-    idx = jnp.arange(size)
     q = jnp.arange(length)
     # causal over in-row order, real keys only; a padding query sees itself (keeps softmax finite)
-    mask = (key_valid[:, None, :] & (idx[None, None, :] <= q[None, :, None])) | (idx[None, None, :] == q[None, :, None])
+    mask = (prompt_mask[:, None, :] & (q[None, None, :] <= q[None, :, None])) | (q[None, None, :] == q[None, :, None])
 
     # segment ids and positions let AlignGPT's gate see only each prompt's own text (others ignore them)
     x = model.apply({"params": params}, {"tokens": tokens, "images": batch.get("images"),
@@ -212,8 +213,12 @@ def prefill(cfg: ModelConfig, params: dict, batch: dict, rng: jax.Array, sc: Sam
                     method=lambda m, bt: m.embed_inputs(bt))
     cos, sin = _rope(cfg, positions)
     layers = layer_params(params, cfg.decoder.num_layers, sc.unroll_layers)
-    cache = init_cache(cfg, b, size, sc.unroll_layers)
+    # the prompt attends over its own L keys; the cache grows to S afterwards
+    cache = init_cache(cfg, b, length, sc.unroll_layers)
     h, cache = _run_layers(cfg, layers, x, cos, sin, mask, cache, 0, sc.unroll_layers)
+    seq_axis = 1 if sc.unroll_layers else 2
+    cache = jax.tree.map(lambda c: jnp.pad(c, [(0, sc.max_new_tokens) if a == seq_axis else (0, 0)
+                                              for a in range(c.ndim)]), cache)
     last = jnp.max(jnp.where(prompt_mask, q[None], -1), axis=1)  # last real prompt token per row
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)
     logits = _final_logits(model, params, h_last)[:, 0]
@@ -284,6 +289,7 @@ def generate(cfg: ModelConfig, params: dict, batch: dict, sc: SamplingConfig, rn
              chunk: int = 0, on_tokens=None) -> DecodeState:
     """Prefill + decode. With `chunk` > 0 the loop runs in segments of `chunk` tokens and
     `on_tokens(state)` is called after the prefill and after every segment (streaming)."""
+    cfg, params = merge_lora(cfg, params)
     cfg = hashable_config(cfg)
     params = jax.tree.map(jnp.asarray, params)
     rng = jax.random.key(0) if rng is None else rng
@@ -299,6 +305,16 @@ def generate(cfg: ModelConfig, params: dict, batch: dict, sc: SamplingConfig, rn
             on_tokens(state)
         if limit >= sc.max_new_tokens or bool(jax.device_get(jnp.all(state.done))):
             return state
+
+
+def merge_lora(cfg: ModelConfig, params: dict) -> tuple[ModelConfig, dict]:
+    """Fold LoRA adapters into the kernels (decoding runs plain layers); no-op without adapters."""
+    lora = getattr(cfg, "lora", None)
+    if lora is None or lora.rank <= 0:
+        return cfg, params
+    from vlm_jax.models.lora import merged
+
+    return dataclasses.replace(cfg, lora=dataclasses.replace(lora, rank=0)), merged(params, lora)
 
 
 def hashable_config(cfg: ModelConfig) -> ModelConfig:
