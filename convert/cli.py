@@ -13,6 +13,7 @@ import sys
 from typing import Optional
 
 FORMATS = ("hf-llava", "llava")
+IMPORT_FORMATS = FORMATS + ("peft",)
 
 EPILOG = """examples:
   python -m convert import --format hf-llava --src llava-1.5-7b-hf --out ckpt/llava15
@@ -20,6 +21,8 @@ EPILOG = """examples:
   python -m convert import --format llava --src llava-v1.5-7b --vision clip-vit-large-patch14-336 --out ckpt/l15
   python -m convert export --format llava --src ckpt/l15 --out out/llava-v1.5-7b
   python -m convert export --format llava --projector-only --src ckpt/stage1 --out out/stage1
+  python -m convert export --format hf-llava --lora peft --src runs/lora/final --out out/adapter
+  python -m convert import --format peft --src out/adapter --base ckpt/llava15 --out ckpt/llava15-lora
   python -m convert assemble --vision clip-vit-large-patch14-336 --llm vicuna-7b-v1.5 \\
       --projector-type mlp2x_gelu --out ckpt/stage0"""
 
@@ -33,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     imp = sub.add_parser("import", help="HF / original LLaVA checkpoint -> CKPT folder")
-    imp.add_argument("--format", required=True, choices=FORMATS)
+    imp.add_argument("--format", required=True, choices=IMPORT_FORMATS)
     imp.add_argument("--src", required=True, help="checkpoint folder (config.json + weights) or weights file")
+    imp.add_argument("--base", help="peft: the CKPT folder the adapter applies to")
     imp.add_argument("--out", required=True, help="CKPT folder to write")
     imp.add_argument("--vision", help="llava: HF CLIP/SigLIP folder for the vision tower (and its config)")
     imp.add_argument("--dtype", default="float32", help="param dtype in the CKPT (default float32; export restores "
@@ -54,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--vision-tower", choices=("auto", "include", "omit"), default="auto",
                      help="llava: write the vision tower into the checkpoint (auto: as imported, else include)")
     exp.add_argument("--projector-only", action="store_true", help="llava: write a stage-1 mm_projector.bin only")
+    exp.add_argument("--lora", choices=("merge", "base", "peft"), default="merge",
+                     help="a CKPT with LoRA adapters: merge them into the weights (default), export the base "
+                          "weights only, or write a PEFT adapter folder (adapter_config.json + "
+                          "adapter_model.safetensors) for the format's model")
+    exp.add_argument("--base-model", help="peft: base_model_name_or_path in adapter_config.json")
     common(exp)
 
     asm = sub.add_parser("assemble", help="HF vision model + HF causal LM (+ stage-1 projector) -> CKPT folder")
@@ -73,35 +82,74 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> None:
-    from convert.files import parse_size
+def _peft_key_function(fmt: str, layout: Optional[str], cfg):
+    """canonical name -> module key in the model PEFT wraps for `fmt`."""
+    if fmt == "hf-llava":
+        from convert import hf_llava
 
-    if args.command == "assemble":
-        from convert import assemble
+        return hf_llava.key_functions(layout or "hf5", False)[1]
+    from convert import llava_original
+
+    return llava_original.key_functions(True, cfg.projector.type)[1]
+
+
+def run_import(args: argparse.Namespace, progress: bool) -> None:
+    if args.format != "peft" and args.base:
+        raise SystemExit("error: --base is only for --format peft")
+    if args.format == "peft":
+        from convert import lora
+
+        if not args.base:
+            raise SystemExit("error: --format peft needs --base CKPT")
+        lora.import_peft(args.src, args.base, args.out)
     elif args.format == "hf-llava":
         from convert import hf_llava
+
+        if args.vision:
+            raise SystemExit("error: --vision is only for --format llava")
+        hf_llava.import_checkpoint(args.src, args.out, dtype=args.dtype, progress=progress)
     else:
         from convert import llava_original
 
+        llava_original.import_checkpoint(args.src, args.out, vision=args.vision, dtype=args.dtype, progress=progress)
+
+
+def run_export(args: argparse.Namespace, progress: bool) -> None:
+    from convert.files import parse_size
+
+    shard = parse_size(args.max_shard_size)
+    if args.lora == "peft":
+        from convert import engine, lora
+        from vlm_jax.config import load_model_config
+
+        cfg = load_model_config(f"{args.src}/model_config.yaml")
+        if not lora.has_adapters(cfg):
+            raise engine.ConversionError(f"{args.src} has no LoRA adapters (model.lora.rank = 0)")
+        lora.export_peft(args.src, args.out, _peft_key_function(args.format, args.layout, cfg),
+                         base_model=args.base_model, dtype=args.dtype)
+    elif args.format == "hf-llava":
+        from convert import hf_llava
+
+        hf_llava.export_checkpoint(args.src, args.out, layout=args.layout, dtype=args.dtype, max_shard_bytes=shard,
+                                   progress=progress, lora_policy=args.lora)
+    else:
+        from convert import llava_original
+
+        llava_original.export_checkpoint(args.src, args.out, dtype=args.dtype, max_shard_bytes=shard,
+                                         weights=args.weights, vision_tower=args.vision_tower,
+                                         projector_only=args.projector_only, progress=progress,
+                                         lora_policy=args.lora)
+
+
+def run(args: argparse.Namespace) -> None:
     progress = not args.no_progress
     if args.command == "import":
-        if args.format == "hf-llava":
-            if args.vision:
-                raise SystemExit("error: --vision is only for --format llava")
-            hf_llava.import_checkpoint(args.src, args.out, dtype=args.dtype, progress=progress)
-        else:
-            llava_original.import_checkpoint(args.src, args.out, vision=args.vision, dtype=args.dtype,
-                                             progress=progress)
+        run_import(args, progress)
     elif args.command == "export":
-        shard = parse_size(args.max_shard_size)
-        if args.format == "hf-llava":
-            hf_llava.export_checkpoint(args.src, args.out, layout=args.layout, dtype=args.dtype,
-                                       max_shard_bytes=shard, progress=progress)
-        else:
-            llava_original.export_checkpoint(args.src, args.out, dtype=args.dtype, max_shard_bytes=shard,
-                                             weights=args.weights, vision_tower=args.vision_tower,
-                                             projector_only=args.projector_only, progress=progress)
+        run_export(args, progress)
     else:
+        from convert import assemble
+
         assemble.assemble(args.vision, args.llm, args.out, projector=args.projector,
                           projector_type=args.projector_type, select_layer=args.select_layer,
                           select_feature=args.select_feature, image_token=args.image_token, seed=args.seed,

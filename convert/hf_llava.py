@@ -159,8 +159,10 @@ def vision_fillers(cfg: ModelConfig) -> dict:
 
 
 def export_checkpoint(ckpt_dir: str, out: str, *, layout: Optional[str] = None, dtype: Optional[str] = None,
-                      max_shard_bytes: int = 5 * 2**30, progress: bool = True) -> None:
-    ckpt = engine.read_ckpt(ckpt_dir)
+                      max_shard_bytes: int = 5 * 2**30, progress: bool = True, lora_policy: str = "merge") -> None:
+    from convert import lora
+
+    ckpt = lora.apply_policy(engine.read_ckpt(ckpt_dir), lora_policy)
     cfg, source = ckpt.cfg, ckpt.source
     from_hf = source.get("format") == "hf-llava"
     layout = layout or (source.get("layout") if from_hf else None) or "hf5"

@@ -180,8 +180,10 @@ def llava_config(cfg: ModelConfig, source: dict) -> dict:
 
 def export_checkpoint(ckpt_dir: str, out: str, *, dtype: Optional[str] = None, max_shard_bytes: int = 5 * 2**30,
                       weights: str = "safetensors", vision_tower: str = "auto", projector_only: bool = False,
-                      progress: bool = True) -> None:
-    ckpt = engine.read_ckpt(ckpt_dir)
+                      progress: bool = True, lora_policy: str = "merge") -> None:
+    from convert import lora
+
+    ckpt = lora.apply_policy(engine.read_ckpt(ckpt_dir), lora_policy)
     cfg, source = ckpt.cfg, ckpt.source
     from_llava = source.get("format") == "llava"
     vision_model = bool(source.get("vision_model", True)) if from_llava else True
