@@ -35,7 +35,8 @@ TINY = [
     "train.loss_vocab_chunk=0", "train.optimizer.learning_rate=5.0e-3", "train.optimizer.group_lr={}",
     "train.optimizer.warmup_steps=0", "train.optimizer.schedule=constant",
     "train.checkpoint.every_steps=1000", "train.checkpoint.export_final=false", "train.checkpoint.async_save=false",
-    "train.logging.every_steps=1", "train.logging.progress_bar=false", "train.logging.tensorboard=false", "train.eval.at_end=false",
+    "train.logging.every_steps=1", "train.logging.progress_bar=false", "train.logging.tensorboard=false",
+    "train.eval.at_end=false",
     "mesh.data=-1", "mesh.fsdp=1",
 ]
 
@@ -134,6 +135,8 @@ def tiny_config(stage: str, tmp: str, tokenizer: str, extra: tuple = ()) -> Conf
     if cfg.model.decoder.num_kv_heads:
         cfg.model.decoder.num_kv_heads = 2
     cfg.data.max_images = min(cfg.data.max_images, 4)
+    if "vision" not in cfg.train.trainable:
+        cfg.model.vision.num_layers = 1  # hidden_states[-2] of 1 layer: the embeddings (less to compile)
     paths, images = write_data(os.path.join(tmp, "data"), data_kind(cfg))
     for src, path in zip(cfg.data.sources, paths):
         src.path, src.image_folder, src.max_examples = path, images, None
@@ -141,6 +144,36 @@ def tiny_config(stage: str, tmp: str, tokenizer: str, extra: tuple = ()) -> Conf
     return cfg
 
 
-def losses(run_dir: str) -> list[float]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+_COMPILED: dict = {}  # tiny variants with the same model/optimizer/shapes (e.g. PALO 7B and 13B) compile once
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}  # a third less compile time, same losses
+
+
+def train_steps(cfg: Config) -> list[float]:
+    """cfg.train.num_steps optimizer steps on one device through the trainer's own state, step and data
+    loader (train.loop.run adds checkpoints and metrics, tested in test_train_*); returns the losses."""
+    import jax
+
+    from train import data as data_lib
+    from train import state as state_lib
+    from vlm_jax import sharding
+    from vlm_jax.config import to_dict
+
+    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
+    rows, steps = cfg.train.global_batch_size, cfg.train.num_steps
+    key = json.dumps([to_dict(cfg.model), to_dict(cfg.train), str(data_lib.batch_shapes(cfg, rows))], sort_keys=True)
+    # a non-cryptographic PRNG: init compiles in half the time on CPU; the trainer's default is unchanged
+    with jax.default_prng_impl("unsafe_rbg"):
+        if key not in _COMPILED:
+            setup = state_lib.build(cfg, mesh, steps)
+            init = setup.init_fn.lower(cfg.seed).compile(compiler_options=_FAST_COMPILE)
+            step = setup.train_step.lower(init(cfg.seed), state_lib.abstract_batch(setup)).compile(
+                compiler_options=_FAST_COMPILE)  # the state's rng is an unsafe_rbg key here: lower on a real one
+            _COMPILED[key] = init, step
+        init, step = _COMPILED[key]
+        state = init(cfg.seed)
+        loader = data_lib.make_loader(cfg, "train", rows, 0, rows, 0, 1)
+        out = []
+        for _ in range(steps):
+            state, m = step(state, sharding.global_batch(next(loader), mesh, rows))
+            out.append(float(m["loss"]))
+    return out

@@ -8,7 +8,6 @@ import pytest
 
 from tests import data_helpers as dh
 from tests import recipe_helpers as rh
-from vlm_jax.config import DataSourceConfig
 from vlm_jax.data import interleaved
 from vlm_jax.data.errors import DataError, SkipExample
 from vlm_jax.data.pipeline import DataLoader, default_encode

@@ -105,6 +105,7 @@ def as_record_fields(payload: dict, embedded: Optional[list]) -> tuple[Document,
     names = image_names(payload, order)
     if embedded is not None:
         if len(embedded) != len(order):
-            raise SkipExample("malformed_record", f"{len(embedded)} embedded images for {len(order)} image_info entries")
+            raise SkipExample("malformed_record",
+                              f"{len(embedded)} embedded images for {len(order)} image_info entries")
         embedded = [embedded[j] for j in order]
     return doc, names, embedded
