@@ -52,14 +52,16 @@ def _pad(rows, length, dim, dtype):
 
 class AlignGPTReference:
     def __init__(self, lm, align_indicators: AlignIndicator, gated_weight_layer: GatedWeightLayer, stage: str):
-        self.lm, self.align_indicators, self.gated_weight_layer, self.stage = lm, align_indicators, gated_weight_layer, stage
+        self.lm, self.stage = lm, stage
+        self.align_indicators, self.gated_weight_layer = align_indicators, gated_weight_layer
 
     def embed_tokens(self, ids):
         return self.lm.model.embed_tokens(ids)
 
     def prepare(self, input_ids, attention_mask, labels, image_features):
         attention_mask = attention_mask.bool()
-        input_ids = [cur_input_ids[cur_attention_mask] for cur_input_ids, cur_attention_mask in zip(input_ids, attention_mask)]
+        input_ids = [cur_input_ids[cur_attention_mask]
+                     for cur_input_ids, cur_attention_mask in zip(input_ids, attention_mask)]
         labels = [cur_labels[cur_attention_mask] for cur_labels, cur_attention_mask in zip(labels, attention_mask)]
         image_embeds, image_labels, text_embeds, text_labels = [], [], [], []
         new_input_embeds, new_labels = [], []
@@ -76,7 +78,8 @@ class AlignGPTReference:
                 pure_text_labels.append(labels[batch_idx])
                 cur_image_idx += 1
                 continue
-            image_token_indices = [-1] + torch.where(cur_input_ids == IMAGE_TOKEN_INDEX)[0].tolist() + [cur_input_ids.shape[0]]
+            image_token_indices = ([-1] + torch.where(cur_input_ids == IMAGE_TOKEN_INDEX)[0].tolist()
+                                   + [cur_input_ids.shape[0]])
             cur_input_ids_noim, cur_labels_noim = [], []
             cur_labels = labels[batch_idx]
             for i in range(len(image_token_indices) - 1):
@@ -145,7 +148,8 @@ class AlignGPTReference:
             if inputs_embeds is not None:
                 text_attention_mask, text_embeds = parts["text"]
                 _, image_embeds = parts["images"]
-                w_scores = self.gated_weight_layer.forward(image_embeds, text_embeds[:, 1:, :], text_attention_mask[:, 1:])
+                w_scores = self.gated_weight_layer.forward(image_embeds, text_embeds[:, 1:, :],
+                                                           text_attention_mask[:, 1:])
                 align_indicators = self.align_indicators.lin_comb(w_scores).unsqueeze(dim=1)
                 inputs_embeds = torch.cat([inputs_embeds[:, :1, :], align_indicators, inputs_embeds[:, 1:, :]], dim=1)
             if "pure" in parts:

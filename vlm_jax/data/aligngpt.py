@@ -22,7 +22,8 @@ def record_level(fields: dict, field: str, num_indicators: int) -> int:
     """The pretraining level of a record: an int in [0, num_indicators)."""
     value = fields.get(field)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_indicators:
-        raise SkipExample("malformed_record", f"AlignGPT needs an integer '{field}' in [0, {num_indicators}), got {value!r}")
+        raise SkipExample("malformed_record",
+                          f"AlignGPT needs an integer '{field}' in [0, {num_indicators}), got {value!r}")
     return value
 
 

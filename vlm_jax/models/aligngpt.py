@@ -27,7 +27,6 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vlm_jax.config import AlignGPTConfig
-from vlm_jax.models.layers import dense
 
 NO_INDICATOR = -1
 
@@ -58,6 +57,22 @@ class AlignIndicators(nn.Module):
         return weights @ e[:-1] + e[-1]
 
 
+def _torch_linear(features: int, fan_in: int, name: str, dtype, param_dtype) -> nn.Dense:
+    """nn.Linear with torch's default init (AlignGPT builds the gate after HF's post_init, so it
+    keeps it): weight and bias uniform in +-1/sqrt(fan_in)."""
+    bound = 1.0 / fan_in ** 0.5
+
+    def bias_init(key, shape, dt=jnp.float32):
+        return jax.random.uniform(key, shape, dt, -bound, bound)
+
+    return nn.Dense(
+        features, dtype=dtype, param_dtype=param_dtype, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                                                 (None, None)),
+        bias_init=nn.with_logical_partitioning(bias_init, (None,)),
+        precision=jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None)
+
+
 class GatedWeightLayer(nn.Module):
     hidden: int
     components: int
@@ -67,10 +82,9 @@ class GatedWeightLayer(nn.Module):
     @nn.compact
     def __call__(self, dots: jax.Array) -> jax.Array:
         """dots [..., N] (per-image-token similarities) -> softmax weights [..., components]."""
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = dense(self.hidden, (None, None), name="mlp_0", **kw)(dots.astype(self.dtype))
+        h = _torch_linear(self.hidden, dots.shape[-1], "mlp_0", self.dtype, self.param_dtype)(dots.astype(self.dtype))
         h = jax.nn.gelu(h, approximate=False)
-        scores = dense(self.components, (None, None), name="mlp_2", **kw)(h)
+        scores = _torch_linear(self.components, self.hidden, "mlp_2", self.dtype, self.param_dtype)(h)
         return jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
 
 
