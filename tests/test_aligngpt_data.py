@@ -80,3 +80,22 @@ def test_truncation_that_cuts_the_image_drops_the_indicator(tmp_path):
     (toks, levels, _), = segments_with_levels(load(tmp_path, recs, seq_len=20))
     assert IND not in toks and MARKER not in toks and IMAGE_TOKEN not in toks and (levels == -1).all()
     assert len(toks) == 19  # cut at 20, then the indicator went
+
+
+def test_inference_prompt_has_the_indicator_after_bos_only_with_images(tmp_path):
+    import dataclasses
+
+    from infer.runner import Loaded, prompt_ids
+    from tests.infer_tiny import IMAGE_ID, write_tokenizer
+    from vlm_jax.config import ModelConfig
+    from vlm_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(write_tokenizer(str(tmp_path / "tok")))
+    cfg = ModelConfig(image_token_id=IMAGE_ID, aligngpt=ALIGN)
+    m = Loaded(params={}, cfg=cfg, tokenizer=tok, aspect="pad", name="t")
+    with_image = prompt_ids(m, "vicuna_v1", "what is in this image ?", 1)
+    assert with_image[0] == 1 and with_image[1] == IND and (with_image == IND).sum() == 1
+    assert (with_image == IMAGE_ID).sum() == 576
+    assert IND not in prompt_ids(m, "vicuna_v1", "what is in this image ?", 0)
+    plain = prompt_ids(dataclasses.replace(m, cfg=ModelConfig(image_token_id=IMAGE_ID)), "vicuna_v1", "what ?", 1)
+    np.testing.assert_array_equal(np.delete(with_image, 1)[:3], plain[:3])
