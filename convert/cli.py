@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional
 
-FORMATS = ("hf-llava", "llava")
+FORMATS = ("hf-llava", "llava", "palo", "vila", "aligngpt", "centurio")
 IMPORT_FORMATS = FORMATS + ("peft",)
 
 EPILOG = """examples:
@@ -21,6 +21,8 @@ EPILOG = """examples:
   python -m convert import --format llava --src llava-v1.5-7b --vision clip-vit-large-patch14-336 --out ckpt/l15
   python -m convert export --format llava --src ckpt/l15 --out out/llava-v1.5-7b
   python -m convert export --format llava --projector-only --src ckpt/stage1 --out out/stage1
+  python -m convert import --format palo --src MobilePALO-1.7B --vision clip-vit-large-patch14-336 --out ckpt/mpalo
+  python -m convert import --format vila --src VILA1.5-3b --out ckpt/vila   (folder with llm/ vision_tower/ mm_projector/)
   python -m convert export --format hf-llava --lora peft --src runs/lora/final --out out/adapter
   python -m convert import --format peft --src out/adapter --base ckpt/llava15 --out ckpt/llava15-lora
   python -m convert assemble --vision clip-vit-large-patch14-336 --llm vicuna-7b-v1.5 \\
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--src", required=True, help="checkpoint folder (config.json + weights) or weights file")
     imp.add_argument("--base", help="peft: the CKPT folder the adapter applies to")
     imp.add_argument("--out", required=True, help="CKPT folder to write")
-    imp.add_argument("--vision", help="llava: HF CLIP/SigLIP folder for the vision tower (and its config)")
+    imp.add_argument("--vision", help="llava, palo, aligngpt: HF CLIP/SigLIP folder for the vision tower (and its "
+                                      "config) when the checkpoint has none")
     imp.add_argument("--dtype", default="float32", help="param dtype in the CKPT (default float32; export restores "
                                                         "the source dtypes)")
     common(imp)
@@ -88,36 +91,50 @@ def _peft_key_function(fmt: str, layout: Optional[str], cfg):
         from convert import hf_llava
 
         return hf_llava.key_functions(layout or "hf5", False)[1]
+    if fmt == "vila":
+        from convert import vila
+
+        llm_from = vila.key_functions(cfg.projector.type)["llm"][1]
+        return lambda name: "llm." + llm_from(name)
+    if fmt == "aligngpt":
+        from convert import aligngpt
+
+        return aligngpt.key_functions(True, cfg.projector.type)[1]
+    if fmt == "centurio":
+        from convert import centurio
+
+        return centurio.key_functions(layout or "hf4")[1]
     from convert import llava_original
 
     return llava_original.key_functions(True, cfg.projector.type)[1]
 
 
+def _module(fmt: str):
+    import importlib
+
+    return importlib.import_module({"hf-llava": "convert.hf_llava", "llava": "convert.llava_original"}.get(
+        fmt, f"convert.{fmt}"))
+
+
 def run_import(args: argparse.Namespace, progress: bool) -> None:
     if args.format != "peft" and args.base:
         raise SystemExit("error: --base is only for --format peft")
+    if args.vision and args.format not in ("llava", "palo", "aligngpt"):
+        raise SystemExit("error: --vision is only for --format llava, palo, aligngpt")
     if args.format == "peft":
         from convert import lora
 
         if not args.base:
             raise SystemExit("error: --format peft needs --base CKPT")
         lora.import_peft(args.src, args.base, args.out)
-    elif args.format == "hf-llava":
-        from convert import hf_llava
-
-        if args.vision:
-            raise SystemExit("error: --vision is only for --format llava")
-        hf_llava.import_checkpoint(args.src, args.out, dtype=args.dtype, progress=progress)
-    else:
-        from convert import llava_original
-
-        llava_original.import_checkpoint(args.src, args.out, vision=args.vision, dtype=args.dtype, progress=progress)
+        return
+    kw = {"vision": args.vision} if args.format in ("llava", "palo", "aligngpt") else {}
+    _module(args.format).import_checkpoint(args.src, args.out, dtype=args.dtype, progress=progress, **kw)
 
 
 def run_export(args: argparse.Namespace, progress: bool) -> None:
     from convert.files import parse_size
 
-    shard = parse_size(args.max_shard_size)
     if args.lora == "peft":
         from convert import engine, lora
         from vlm_jax.config import load_model_config
@@ -127,18 +144,16 @@ def run_export(args: argparse.Namespace, progress: bool) -> None:
             raise engine.ConversionError(f"{args.src} has no LoRA adapters (model.lora.rank = 0)")
         lora.export_peft(args.src, args.out, _peft_key_function(args.format, args.layout, cfg),
                          base_model=args.base_model, dtype=args.dtype)
-    elif args.format == "hf-llava":
-        from convert import hf_llava
-
-        hf_llava.export_checkpoint(args.src, args.out, layout=args.layout, dtype=args.dtype, max_shard_bytes=shard,
-                                   progress=progress, lora_policy=args.lora)
-    else:
-        from convert import llava_original
-
-        llava_original.export_checkpoint(args.src, args.out, dtype=args.dtype, max_shard_bytes=shard,
-                                         weights=args.weights, vision_tower=args.vision_tower,
-                                         projector_only=args.projector_only, progress=progress,
-                                         lora_policy=args.lora)
+        return
+    kw = dict(dtype=args.dtype, max_shard_bytes=parse_size(args.max_shard_size), progress=progress,
+              lora_policy=args.lora)
+    if args.format in ("hf-llava", "centurio"):
+        kw["layout"] = args.layout
+    if args.format in ("llava", "palo"):
+        kw.update(weights=args.weights, vision_tower=args.vision_tower, projector_only=args.projector_only)
+    if args.format == "aligngpt":
+        kw["vision_tower"] = args.vision_tower
+    _module(args.format).export_checkpoint(args.src, args.out, **kw)
 
 
 def run(args: argparse.Namespace) -> None:

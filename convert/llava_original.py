@@ -17,7 +17,7 @@ from typing import Optional
 
 from transformers import LlamaConfig, Qwen2Config
 
-from convert import engine, hf_configs
+from convert import engine, hf_configs, projector_keys
 from convert.files import copy_tokenizer, read_json, write_json
 from convert.tensor_io import BinShardWriter, ShardedSafetensorsWriter, TensorReader
 from vlm_jax.config import ModelConfig, ProjectorConfig, VisionConfig
@@ -63,7 +63,7 @@ def key_functions(vision_model: bool, projector_type: str):
         if key.startswith(vis):
             return "vision." + key[len(vis):]
         if PROJECTOR in key:
-            return projector_to_canonical(key.split(PROJECTOR, 1)[1])
+            return projector_keys.to_canonical(key.split(PROJECTOR, 1)[1], projector_type)
         if key.startswith("model.") and not key.startswith("model.vision_tower."):
             return "lm." + key[len("model."):]
         return None
@@ -76,7 +76,7 @@ def key_functions(vision_model: bool, projector_type: str):
         if name.startswith("vision."):
             return vis + name[len("vision."):]
         if name.startswith("projector."):
-            rest = projector_from_canonical(name, projector_type)
+            rest = projector_keys.from_canonical(name, projector_type)
             return "model.mm_projector." + rest if rest else None
         if name.startswith("lm."):
             return "model." + name[len("lm."):]

@@ -2,7 +2,9 @@
 
 Canonical names are the HF module-relative names with a role prefix:
   vision.<CLIP/SigLIP vision_model key>   e.g. vision.encoder.layers.3.mlp.fc1.weight
-  projector.linear_<k>.{weight,bias}      (HF LlavaMultiModalProjector names)
+  projector.linear_<k>.{weight,bias}      (HF LlavaMultiModalProjector names; other projectors: our module
+                                          names, e.g. projector.block_1.dw_conv.weight, projector.norm.weight)
+  aligngpt.<AlignGPT key>                 aligngpt.align_indicators.indicator_embs, aligngpt.gated_weight_layer.mlp.0.weight
   lm.<LlamaModel/Qwen2Model key>          e.g. lm.layers.0.self_attn.q_proj.weight
   lm_head.weight
 Each layout module (hf_llava, llava_original, assemble) only maps its keys to these names.
@@ -20,9 +22,13 @@ from vlm_jax.config import ModelConfig
 from vlm_jax.models.vit import num_layers_used
 
 # kind: how an HF tensor becomes our leaf (per layer): linear = transpose, conv = OIHW -> HWIO
-TO_OURS = {"linear": lambda t: t.T, "conv": lambda t: t.transpose(2, 3, 1, 0), "copy": lambda t: t}
-TO_HF = {"linear": lambda t: t.T, "conv": lambda t: t.transpose(3, 2, 0, 1), "copy": lambda t: t}
-HF_SHAPE = {"linear": lambda s: s[::-1], "conv": lambda s: (s[3], s[2], s[0], s[1]), "copy": lambda s: s}
+# conv1x1: a 1x1 Conv2d [O, I, 1, 1] that is a Dense kernel [I, O] here (MobileVLM's squeeze-excite/pointwise)
+TO_OURS = {"linear": lambda t: t.T, "conv": lambda t: t.transpose(2, 3, 1, 0), "copy": lambda t: t,
+           "conv1x1": lambda t: t[:, :, 0, 0].T}
+TO_HF = {"linear": lambda t: t.T, "conv": lambda t: t.transpose(3, 2, 0, 1), "copy": lambda t: t,
+         "conv1x1": lambda t: t.T[:, :, None, None]}
+HF_SHAPE = {"linear": lambda s: s[::-1], "conv": lambda s: (s[3], s[2], s[0], s[1]), "copy": lambda s: s,
+            "conv1x1": lambda s: (s[1], s[0], 1, 1)}
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,40 @@ def vision_entries(cfg: ModelConfig) -> list[Entry]:
     return e
 
 
+def _linear(prefix: str, path: tuple[str, ...], bias: bool = True, kind: str = "linear") -> list[Entry]:
+    e = [Entry(f"{prefix}.weight", (*path, "kernel"), None, kind)]
+    return e + [Entry(f"{prefix}.bias", (*path, "bias"), None, "copy")] if bias else e
+
+
+def _norm(prefix: str, path: tuple[str, ...]) -> list[Entry]:
+    return [Entry(f"{prefix}.weight", (*path, "scale"), None, "copy"), Entry(f"{prefix}.bias", (*path, "bias"), None, "copy")]
+
+
+def _ldp_block(i: int) -> list[Entry]:
+    p, n = ("projector", f"block_{i}"), f"projector.block_{i}"
+    return ([Entry(f"{n}.dw_conv.weight", (*p, "dw_conv", "kernel"), None, "conv")] + _norm(f"{n}.dw_norm", (*p, "dw_norm"))
+            + _linear(f"{n}.se_fc1", (*p, "se_fc1"), kind="conv1x1") + _linear(f"{n}.se_fc2", (*p, "se_fc2"), kind="conv1x1")
+            + _linear(f"{n}.project", (*p, "project"), bias=False, kind="conv1x1") + _norm(f"{n}.project_norm", (*p, "project_norm")))
+
+
 def projector_entries(cfg: ModelConfig) -> list[Entry]:
-    e = []
-    for k in range(1, projector_depth(cfg) + 1):
-        e.append(Entry(f"projector.linear_{k}.weight", ("projector", f"linear_{k}", "kernel"), None, "linear"))
-        e.append(Entry(f"projector.linear_{k}.bias", ("projector", f"linear_{k}", "bias"), None, "copy"))
-    return e
+    t = cfg.projector.type
+    mlp = [x for k in (1, 2) for x in _linear(f"projector.linear_{k}", ("projector", f"linear_{k}"))]
+    if t == "ldpnet":
+        return mlp + _ldp_block(1) + _ldp_block(2)
+    if t == "mlp_downsample":
+        return _norm("projector.norm", ("projector", "norm")) + mlp
+    if t == "multiscale-pool":
+        return mlp
+    return [x for k in range(1, projector_depth(cfg) + 1) for x in _linear(f"projector.linear_{k}", ("projector", f"linear_{k}"))]
+
+
+def aligngpt_entries(cfg: ModelConfig) -> list[Entry]:
+    if not cfg.aligngpt.enabled:
+        return []
+    gate = ("gated_weight_layer",)
+    return ([Entry("aligngpt.align_indicators.indicator_embs", ("align_indicators", "indicator_embs"), None, "copy")]
+            + _linear("aligngpt.gated_weight_layer.mlp.0", (*gate, "mlp_0")) + _linear("aligngpt.gated_weight_layer.mlp.2", (*gate, "mlp_2")))
 
 
 def decoder_entries(cfg: ModelConfig) -> list[Entry]:
@@ -98,7 +132,7 @@ def decoder_entries(cfg: ModelConfig) -> list[Entry]:
 
 
 def all_entries(cfg: ModelConfig) -> list[Entry]:
-    return vision_entries(cfg) + projector_entries(cfg) + decoder_entries(cfg)
+    return vision_entries(cfg) + projector_entries(cfg) + decoder_entries(cfg) + aligngpt_entries(cfg)
 
 
 def get_leaf(tree: dict, path: tuple[str, ...]):
