@@ -121,7 +121,7 @@ def data_kind(cfg: Config) -> str:
         return "mmc4"
     if len(d.sources) == 2:
         return "mix"
-    if d.images_in_place:
+    if d.images_in_place or (d.max_images > 1 and d.template != "plain"):
         return "pairs"
     return "caption" if d.template == "plain" else "vqa"
 
