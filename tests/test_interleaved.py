@@ -121,3 +121,20 @@ def test_unknown_interleaved_loss_fails_at_construction(tmp_path, tok):
     with pytest.raises(DataError, match="interleaved_loss"):
         _loader(tmp_path, tok, [DOC], interleaved_loss="sometimes")
 
+
+
+def test_documents_survive_prepare_data_to_array_record(tmp_path, tok):
+    from train.prepare_data import convert
+
+    docs = [DOC | {"image_info": [dict(i, image_name=f"{c}.png") for i, c in zip(DOC["image_info"], rh.COLORS)]},
+            rh.mmc4_doc(1, "green", "yellow")]
+    plain = _loader(tmp_path, tok, docs, packing=False)
+    out = convert(os.path.join(tmp_path, "docs.jsonl"), os.path.join(tmp_path, "images"), str(tmp_path / "ar"),
+                  shards=1, progress=False)
+    assert out["written"] == 2
+    cfg = dh.data_config(str(tmp_path / "ar"), "", seq_len=96, max_images=4, shuffle=False, packing=False)
+    embedded = DataLoader(cfg, tokens_per_image=dh.N_IMG, image_token_id=dh.IMAGE_TOKEN, image_size=8,
+                          image_mean=(0.5, 0.5, 0.5), tokenizer=tok, batch_size=2)
+    a, b = next(plain), next(embedded)
+    for k in ("tokens", "loss_mask", "images", "image_mask"):
+        assert np.array_equal(a[k], b[k]), k

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from vlm_jax.config import DataSourceConfig
 from vlm_jax.data import images as img_lib
+from vlm_jax.data import interleaved
 from vlm_jax.data.examples import record_id
 from vlm_jax.data.errors import DataError, SkipExample, describe
 from vlm_jax.data.sources import encode_record, open_source, parse_record
@@ -49,7 +50,10 @@ def convert(src: str, image_folder: str, out: str, shards: int, strict: bool = F
                     raise DataError(describe(raw.file, raw.row, record_id(raw), e.reason, e.detail)) from None
                 skipped[e.reason] += 1
                 continue
-            record = {"id": rec.id, "conversations": rec.conversations, "image_names": rec.image_paths}
+            if isinstance(rec.conversations, interleaved.Document):  # MMC4 document, images in document order
+                record = {"id": rec.id, **interleaved.to_mmc4(rec.conversations, rec.image_paths)}
+            else:
+                record = {"id": rec.id, "conversations": rec.conversations, "image_names": rec.image_paths}
             writers[written % shards].write(encode_record(record, blobs))
             written += 1
     finally:

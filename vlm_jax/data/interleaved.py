@@ -98,6 +98,13 @@ def encode_document(doc: Document, tokenizer, loss: str = "all"):
     return templates._tokenize(render(doc, tokenizer.eos_token or "", loss), tokenizer, add_bos=True)
 
 
+def to_mmc4(doc: Document, names: list[str]) -> dict:
+    """The MMC4 fields of a document whose images (`names`) are in document order (ArrayRecord export)."""
+    where = [i for i, k in enumerate(doc.images_before) for _ in range(k)]
+    return {"text_list": list(doc.sentences),
+            "image_info": [{"image_name": n, "matched_text_index": i} for n, i in zip(names, where)]}
+
+
 def as_record_fields(payload: dict, embedded: Optional[list]) -> tuple[Document, list[str], Optional[list]]:
     """Document, image names and (ArrayRecord) image bytes, all in document order. Embedded bytes are
     stored in `image_info` order."""
