@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -22,7 +21,7 @@ from convert import mapping
 from convert.tensor_io import ShardedSafetensorsWriter, TensorReader, np_dtype
 from vlm_jax import checkpoint
 from vlm_jax.checkpoint import load_model_checkpoint
-from vlm_jax.config import ModelConfig, dump_yaml
+from vlm_jax.config import ModelConfig
 from vlm_jax.models.vlm import VLM
 
 EXTRAS = "extra_tensors"  # <CKPT>/extra_tensors.safetensors: source tensors our model does not use
@@ -159,27 +158,8 @@ def write_ckpt(out_dir: str, result: ImportResult, cfg: ModelConfig, source: dic
 
 def save_model_folder(directory: str, params: dict, cfg: ModelConfig, tokenizer_dir: Optional[str],
                       metadata: dict) -> None:
-    """The folder `vlm_jax.checkpoint.save_model_checkpoint` writes (same files, same Orbax PyTree,
-    loadable by `load_model_checkpoint`), but with bounded memory for host numpy params: its
-    StandardCheckpointer deep-copies every host array and zstd-compresses all leaves concurrently,
-    which transiently needs ~2x the params; here the arrays are written in place, uncompressed."""
-    import orbax.checkpoint as ocp
-    from etils import epath
-
-    marker = os.path.join(directory, checkpoint.MODEL_MARKER)
-    if os.path.exists(marker):
-        os.remove(marker)
-    shutil.rmtree(os.path.join(directory, "params"), ignore_errors=True)
-    registry = ocp.type_handlers.create_type_handler_registry(
-        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
-        (jax.Array, ocp.type_handlers.ArrayHandler()))
-    handler = ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry)
-    ocp.Checkpointer(handler).save(epath.Path(directory) / "params", args=ocp.args.PyTreeSave(params))
-    dump_yaml(cfg, os.path.join(directory, "model_config.yaml"))
-    if tokenizer_dir and os.path.abspath(tokenizer_dir) != os.path.join(directory, "tokenizer"):
-        shutil.copytree(tokenizer_dir, os.path.join(directory, "tokenizer"), dirs_exist_ok=True)
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump({"format": checkpoint.MODEL_FORMAT, "version": 1, **metadata}, f, indent=2)
+    """`vlm_jax.checkpoint.save_model_checkpoint` with bounded memory for host numpy params."""
+    checkpoint.save_model_checkpoint(directory, params, cfg, tokenizer_dir, metadata, low_memory=True)
 
 
 @dataclass

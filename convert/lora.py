@@ -133,8 +133,9 @@ def _module_key_functions() -> list[Callable[[str], Optional[str]]]:
     """Module-key -> canonical functions of the layouts PEFT adapters are saved against."""
     from convert import hf_llava, llava_original
 
-    return [hf_llava.key_functions("hf5", False)[0], hf_llava.key_functions("hf4", False)[0],
-            llava_original.key_functions(False, "mlp2x_gelu")[0]]
+    original = llava_original.key_functions(False, "mlp2x_gelu")[0]
+    return [hf_llava.key_functions("hf5", False)[0], hf_llava.key_functions("hf4", False)[0], original,
+            lambda k: original(k[len("llm."):]) if k.startswith("llm.") else None]  # VILA wraps its llm/
 
 
 def _canonical_lora(keys: list[str]) -> dict[str, tuple[str, str]]:

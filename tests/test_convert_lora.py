@@ -107,6 +107,15 @@ def test_peft_import_restores_the_adapter_ckpt(adapted, capsys):
     assert sorted(flat_a) == sorted(engine.mapping.leaf_paths(b.params))
     for p in flat_a:
         np.testing.assert_array_equal(engine.mapping.get_leaf(a.params, p), engine.mapping.get_leaf(b.params, p))
+    # the other layouts' module names (LLaVA / MobileVLM / AlignGPT: model.layers.*, VILA: llm.model.layers.*,
+    # Centurio: language_model.model.layers.*) import back too
+    for fmt in ("llava", "vila", "centurio"):
+        cli("export", "--format", fmt, "--lora", "peft", "--src", str(tmp / "lora"), "--out", str(tmp / fmt))
+        cli("import", "--format", "peft", "--src", str(tmp / fmt), "--base", str(tmp / "base"),
+            "--out", str(tmp / f"{fmt}-ck"))
+        c = engine.read_ckpt(str(tmp / f"{fmt}-ck"))
+        for p in flat_a:
+            np.testing.assert_array_equal(engine.mapping.get_leaf(a.params, p), engine.mapping.get_leaf(c.params, p))
     # a round trip of the whole model through hf-llava is still exact
     cli("export", "--format", "hf-llava", "--lora", "base", "--src", str(tmp / "lora2"), "--out", str(tmp / "b2"))
     assert_same_tensors(tensors(str(tmp / "hf")), tensors(str(tmp / "b2")))

@@ -247,8 +247,13 @@ def save_model_checkpoint(
     model_cfg: ModelConfig,
     tokenizer_dir: Optional[str] = None,
     metadata: Optional[dict] = None,
+    low_memory: bool = False,
 ) -> str:
-    """Write a model checkpoint folder (all processes must call it; arrays may be sharded)."""
+    """Write a model checkpoint folder (all processes must call it; arrays may be sharded).
+
+    low_memory: host numpy leaves are written in place and uncompressed. Orbax's default deep-copies
+    every host array and zstd-compresses all leaves concurrently, transiently ~2x the params (what a
+    converter holding a whole model in host memory cannot afford); the folder loads the same way."""
     directory = os.path.abspath(directory)
     params = nn.unbox(params)
     if jax.process_index() == 0:
@@ -261,9 +266,16 @@ def save_model_checkpoint(
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"vlm_jax_model_checkpoint:{directory}")
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(epath.Path(directory) / "params", params)
-    ckptr.wait_until_finished()
+    if low_memory:
+        registry = ocp.type_handlers.create_type_handler_registry(
+            (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+            (jax.Array, ocp.type_handlers.ArrayHandler()))
+        handler = ocp.PyTreeCheckpointHandler(use_compression=False, type_handler_registry=registry)
+        ocp.Checkpointer(handler).save(epath.Path(directory) / "params", args=ocp.args.PyTreeSave(params))
+    else:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(epath.Path(directory) / "params", params)
+        ckptr.wait_until_finished()
     if jax.process_index() == 0:
         dump_yaml(model_cfg, os.path.join(directory, "model_config.yaml"))
         if tokenizer_dir:
