@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convert import engine, hf_configs, llava_original
+from convert import engine, hf_configs, llava_original, projector_keys
 from convert.files import copy_tokenizer, read_json
 from vlm_jax.config import ModelConfig, ProjectorConfig
 from vlm_jax.models import projectors
@@ -28,8 +28,8 @@ def lm_key(key: str) -> Optional[str]:
     return "lm." + key[len("model."):] if key.startswith("model.") else None
 
 
-def projector_key(key: str) -> Optional[str]:
-    return llava_original.projector_to_canonical(key.split(llava_original.PROJECTOR, 1)[1]) \
+def projector_key(key: str, projector_type: str = "mlp2x_gelu") -> Optional[str]:
+    return projector_keys.to_canonical(key.split(llava_original.PROJECTOR, 1)[1], projector_type) \
         if llava_original.PROJECTOR in key else None
 
 
@@ -77,7 +77,7 @@ def assemble(vision: str, llm: str, out: str, *, projector: Optional[str] = None
     sources = [engine.Source(vision, llava_original.vision_folder_key, False, "vision"),
                engine.Source(llm, lm_key, False, "llm")]
     if projector:
-        sources.append(engine.Source(projector, projector_key, False, "projector"))
+        sources.append(engine.Source(projector, lambda k: projector_key(k, projector_type), False, "projector"))
     os.makedirs(out, exist_ok=True)
     result = engine.import_weights(sources, cfg, out, dtype=dtype, progress=progress,
                                    fresh=None if projector else (lambda: fresh_projector(cfg, seed)))

@@ -57,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--layout", choices=("hf5", "hf4"),
                      help="hf-llava key names (default: as imported, else hf5 = model.language_model.*)")
     exp.add_argument("--weights", choices=("safetensors", "bin"), default="safetensors",
-                     help="llava: weight file format (default safetensors)")
+                     help="llava, palo: weight file format (default safetensors)")
     exp.add_argument("--vision-tower", choices=("auto", "include", "omit"), default="auto",
-                     help="llava: write the vision tower into the checkpoint (auto: as imported, else include)")
-    exp.add_argument("--projector-only", action="store_true", help="llava: write a stage-1 mm_projector.bin only")
+                     help="llava, palo, aligngpt: write the vision tower into the checkpoint (auto: as imported, "
+                          "else include)")
+    exp.add_argument("--projector-only", action="store_true",
+                     help="llava, palo: write a stage-1 mm_projector.bin only")
     exp.add_argument("--lora", choices=("merge", "base", "peft"), default="merge",
                      help="a CKPT with LoRA adapters: merge them into the weights (default), export the base "
                           "weights only, or write a PEFT adapter folder (adapter_config.json + "
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     asm.add_argument("--vision", required=True, help="HF CLIP/SigLIP folder (CLIPModel or CLIPVisionModel, SigLIP alike)")
     asm.add_argument("--llm", required=True, help="HF LLaMA/Qwen2 causal LM folder")
     asm.add_argument("--projector", help="stage-1 mm_projector.bin (or .safetensors); default: fresh init")
-    asm.add_argument("--projector-type", default="mlp2x_gelu", help="linear | mlpNx_gelu | identity")
+    asm.add_argument("--projector-type", default="mlp2x_gelu",
+                     help="linear | mlpNx_gelu | identity | ldpnet | mlp_downsample")
     asm.add_argument("--select-layer", type=int, default=-2, help="vision hidden state to use (LLaVA default -2)")
     asm.add_argument("--select-feature", choices=("patch", "cls_patch"), default="patch")
     asm.add_argument("--image-token", choices=("sentinel", "add"), default="sentinel",

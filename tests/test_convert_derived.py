@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from transformers import LlamaForCausalLM
 
 from tests import derived_helpers as dh
 from tests.convert_helpers import IMAGE_TOKEN, cli, prompt
@@ -55,6 +56,16 @@ def test_palo_mobilevlm_ldpnet(tmp_path):
     assert_same_tensors(tensors(src), tensors(str(tmp_path / "out")))
     same_json(os.path.join(src, "config.json"), str(tmp_path / "out" / "config.json"))
     assert "model.mm_projector.mb_block.2.block.1.fc1.weight" in tensors(str(tmp_path / "out"))
+    # stage-1 file with MobileVLM's projector names, assembled with the tower and the LLM again
+    cli("export", "--format", "palo", "--projector-only", "--src", str(tmp_path / "ck"), "--out", str(tmp_path / "s1"))
+    llm = LlamaForCausalLM(hf.config.text_config)
+    llm.model.load_state_dict(hf.model.language_model.state_dict())
+    llm.lm_head.load_state_dict(hf.lm_head.state_dict())
+    llm.save_pretrained(str(tmp_path / "llm"))
+    cli("assemble", "--vision", str(tmp_path / "clip"), "--llm", str(tmp_path / "llm"), "--projector",
+        str(tmp_path / "s1" / "mm_projector.bin"), "--projector-type", "ldpnet", "--out", str(tmp_path / "asm"))
+    c, _ = ours(str(tmp_path / "asm"), np.where(toks == IMAGE_TOKEN, -200, toks), imgs[:, None])
+    np.testing.assert_array_equal(a, c)
 
 
 def test_vila_mlp_downsample_folders(tmp_path):
