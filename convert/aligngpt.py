@@ -11,7 +11,6 @@ indicator placeholder our data inserts after BOS is `aligngpt.indicator_token_id
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional
 
 from convert import engine, llava_original, projector_keys
@@ -92,10 +91,7 @@ def import_checkpoint(src: str, out: str, *, vision: Optional[str] = None, dtype
     source = {"format": "aligngpt", "config": config, "vision_model": vision_model, "vision_in_checkpoint": in_ckpt,
               "preprocessor": read_json(os.path.join(vision or src, "preprocessor_config.json")),
               "generation_config": read_json(os.path.join(src, "generation_config.json"))}
-    tok = os.path.join(out, "tokenizer")
-    shutil.rmtree(tok, ignore_errors=True)
-    has_tok = copy_tokenizer(src, tok)
-    engine.write_ckpt(out, result, cfg, source, tokenizer_dir=tok if has_tok else None)
+    engine.write_imported(out, result, cfg, source, src)
     return cfg
 
 

@@ -10,7 +10,6 @@ vision_feature_layer, adapter_type "multiscale-pool", multi_scale (tiles per sid
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional
 
 from convert import engine, hf_configs, hf_llava
@@ -74,10 +73,7 @@ def import_checkpoint(src: str, out: str, *, dtype: str = "float32", progress: b
                                    progress=progress)
     source = {"format": "centurio", "layout": layout, "vision_model": vision_model, "config": config, "preprocessor": preprocessor,
               "generation_config": read_json(os.path.join(src, "generation_config.json"))}
-    tok = os.path.join(out, "tokenizer")
-    shutil.rmtree(tok, ignore_errors=True)
-    has_tok = copy_tokenizer(src, tok)
-    engine.write_ckpt(out, result, cfg, source, tokenizer_dir=tok if has_tok else None)
+    engine.write_imported(out, result, cfg, source, src)
     return cfg
 
 

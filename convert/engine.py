@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -18,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from convert import mapping
+from convert.files import copy_tokenizer
 from convert.tensor_io import ShardedSafetensorsWriter, TensorReader, np_dtype
 from vlm_jax import checkpoint
 from vlm_jax.checkpoint import load_model_checkpoint
@@ -154,6 +156,13 @@ def write_ckpt(out_dir: str, result: ImportResult, cfg: ModelConfig, source: dic
     with open(os.path.join(out_dir, CONVERSION), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
     save_model_folder(out_dir, result.params, cfg, tokenizer_dir, {"converted_from": source.get("format")})
+
+
+def write_imported(out_dir: str, result: ImportResult, cfg: ModelConfig, source: dict, tokenizer_src: str) -> None:
+    """write_ckpt with the tokenizer/processor files of folder `tokenizer_src` (none if it has none)."""
+    tok = os.path.join(out_dir, "tokenizer")
+    shutil.rmtree(tok, ignore_errors=True)
+    write_ckpt(out_dir, result, cfg, source, tokenizer_dir=tok if copy_tokenizer(tokenizer_src, tok) else None)
 
 
 def save_model_folder(directory: str, params: dict, cfg: ModelConfig, tokenizer_dir: Optional[str],

@@ -9,7 +9,6 @@ Key layouts (detected on import, reproduced on export):
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional
 
 import numpy as np
@@ -102,10 +101,7 @@ def import_checkpoint(src: str, out: str, *, dtype: str = "float32", progress: b
     source = {"format": "hf-llava", "layout": layout, "vision_model": vision_model,
               "config": read_json(os.path.join(src, "config.json")), "preprocessor": preprocessor,
               "generation_config": read_json(os.path.join(src, "generation_config.json"))}
-    tok = os.path.join(out, "tokenizer")
-    shutil.rmtree(tok, ignore_errors=True)
-    has_tok = copy_tokenizer(src, tok)
-    engine.write_ckpt(out, result, cfg, source, tokenizer_dir=tok if has_tok else None)
+    engine.write_imported(out, result, cfg, source, src)
     return cfg
 
 

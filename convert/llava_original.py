@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 from typing import Optional
 
 from transformers import LlamaConfig, Qwen2Config
@@ -147,10 +146,7 @@ def import_checkpoint(src: str, out: str, *, vision: Optional[str] = None, dtype
               "weights": "bin" if TensorReader(src).files[0].endswith(".bin") else "safetensors",
               "preprocessor": read_json(os.path.join(vision or src, "preprocessor_config.json")),
               "generation_config": read_json(os.path.join(src, "generation_config.json"))}
-    tok = os.path.join(out, "tokenizer")
-    shutil.rmtree(tok, ignore_errors=True)
-    has_tok = copy_tokenizer(src, tok)
-    engine.write_ckpt(out, result, cfg, source, tokenizer_dir=tok if has_tok else None)
+    engine.write_imported(out, result, cfg, source, src)
     return cfg
 
 

@@ -13,7 +13,6 @@ subfolder (`vila.<subfolder>.<key>`) so that an export reproduces each folder.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional
 
 from convert import engine, hf_configs, hf_llava, llava_original, projector_keys
@@ -117,10 +116,7 @@ def import_checkpoint(src: str, out: str, *, dtype: str = "float32", progress: b
     source = {"format": "vila", "vision_model": vision_model, "config": top, "llm_config": llm, "vision_config": vision, "projector_config": projector,
               "side_files": {p: {n: read_json(os.path.join(src, p, n)) for n in SIDE_FILES[p]} for p in PARTS},
               "weights": {p: os.path.basename(TensorReader(os.path.join(src, p)).files[0]) for p in PARTS}}
-    tok = os.path.join(out, "tokenizer")
-    shutil.rmtree(tok, ignore_errors=True)
-    has_tok = copy_tokenizer(os.path.join(src, "llm"), tok)
-    engine.write_ckpt(out, result, cfg, source, tokenizer_dir=tok if has_tok else None)
+    engine.write_imported(out, result, cfg, source, os.path.join(src, "llm"))
     return cfg
 
 
