@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vlm_jax.models.layers import dense, layer_norm
+from vlm_jax.models.layers import gelu_mlp, layer_norm
 from vlm_jax.models.ldp import grid_side
 
 
@@ -32,8 +32,7 @@ class DownsampleProjector(nn.Module):
         x = flat_square(x.reshape(n, side, side, c)).reshape(n, -1, 4 * c)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = layer_norm(1e-5, name="norm", **kw)(x)
-        x = dense(self.out_dim, (None, "embed"), name="linear_1", **kw)(x)
-        return dense(self.out_dim, ("mlp", "embed"), name="linear_2", **kw)(jax.nn.gelu(x, approximate=False))
+        return gelu_mlp(x, self.out_dim, **kw)
 
 
 def downsample_tokens(num_tokens: int) -> int:
@@ -64,5 +63,4 @@ class MultiscalePoolProjector(nn.Module):
         pooled = stitched.reshape(n, g, s, g, s, c).mean(axis=(2, 4))
         x = jnp.concatenate([glob, pooled], axis=-1).reshape(n, g * g, 2 * c)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = dense(self.out_dim, (None, "embed"), name="linear_1", **kw)(x)
-        return dense(self.out_dim, ("mlp", "embed"), name="linear_2", **kw)(jax.nn.gelu(x, approximate=False))
+        return gelu_mlp(x, self.out_dim, **kw)

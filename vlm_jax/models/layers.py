@@ -41,6 +41,17 @@ def dense(features: int, axes, *, name: str, use_bias: bool = True, dtype=jnp.fl
     )
 
 
+def gelu_mlp(x, out_dim: int, depth: int = 2, *, dtype=jnp.float32, param_dtype=jnp.float32):
+    """Linear, then (exact GELU, Linear) x (depth - 1), layers named linear_1..linear_<depth>: the
+    projector head shared by LLaVA's mlpNx_gelu, LDP, mlp_downsample and multiscale-pool. Call it
+    from inside a compact method: the layers become submodules of the caller."""
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    x = dense(out_dim, (None, "embed"), name="linear_1", **kw)(x)
+    for i in range(2, depth + 1):
+        x = dense(out_dim, ("mlp", "embed"), name=f"linear_{i}", **kw)(jax.nn.gelu(x, approximate=False))
+    return x
+
+
 def layer_norm(eps: float, *, name: str, dtype=jnp.float32, param_dtype=jnp.float32) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=eps,

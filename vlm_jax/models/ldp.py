@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vlm_jax.models.layers import dense, kernel_init, layer_norm
+from vlm_jax.models.layers import dense, gelu_mlp, kernel_init, layer_norm
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -67,8 +67,7 @@ class LDPProjector(nn.Module):
         n, t, _ = x.shape
         side = grid_side(t)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = dense(self.out_dim, (None, "embed"), name="linear_1", **kw)(x)
-        x = dense(self.out_dim, ("mlp", "embed"), name="linear_2", **kw)(jax.nn.gelu(x, approximate=False))
+        x = gelu_mlp(x, self.out_dim, **kw)
         x = x.reshape(n, side, side, self.out_dim)
         x = InvertedResidual(self.out_dim, 1, name="block_1", **kw)(x)
         x = InvertedResidual(self.out_dim, 2, name="block_2", **kw)(x)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vlm_jax.config import ModelConfig
-from vlm_jax.models.layers import dense
+from vlm_jax.models.layers import gelu_mlp
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,7 @@ class MLPProjector(nn.Module):
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
         x = _single_crop(features).astype(self.dtype)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = dense(self.out_dim, (None, "embed"), name="linear_1", **kw)(x)
-        for i in range(2, self.depth + 1):
-            x = dense(self.out_dim, ("mlp", "embed"), name=f"linear_{i}", **kw)(jax.nn.gelu(x, approximate=False))
-        return x
+        return gelu_mlp(x, self.out_dim, self.depth, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 class IdentityProjector(nn.Module):
