@@ -11,7 +11,7 @@ from PIL import Image
 from train import make_demo_data, train_tokenizer
 from vlm_jax.data import synthetic as S
 from vlm_jax.data import synthetic_files as F
-from vlm_jax.data.synthetic_lang import LANGUAGES, RIDDLE_SHAPES, WORLD_COLORS, in_language_script
+from vlm_jax.data.synthetic_lang import LANGUAGES, RIDDLE_SHAPES, WORLD_COLORS, in_language_script, pick
 
 PARAMS = S.Params(seed=3, num_train=120, num_eval=8)
 QUOTED = re.compile(r'"[^"]*"|“[^”]*”|«[^»]*»|「[^」]*」')  # translation tasks quote a foreign word
@@ -178,9 +178,10 @@ def test_images_show_their_colours(data):
     for i in range(10):
         scene = S.make_train_example(PARAMS, i).scene
         img = Image.open(os.path.join(root, "images", f"{i:06d}.png"))
-        assert img.size == (64, 64) and img.mode == "RGB"
+        side = PARAMS.image_size
+        assert img.size == (side, side) and img.mode == "RGB"
         for o in scene.objs:
-            pixel = img.getpixel((int(o.cx * 64), int(o.cy * 64)))
+            pixel = img.getpixel((int(o.cx * side), int(o.cy * side)))
             expected = S.RGB[S.COLORS[o.color]]
             assert max(abs(p - e) for p, e in zip(pixel, expected)) <= 2, (i, o, pixel)
 
@@ -262,3 +263,19 @@ def test_train_tokenizer_cli_errors(tmp_path):
         with pytest.raises(SystemExit) as e:
             train_tokenizer.main(bad)
         assert e.value.code == 2
+
+
+def test_no_answer_can_be_read_off_an_earlier_turn():
+    """Multi-turn conversations must be answered from the image: a colour or shape answer never
+    appears in the text before it (a colour question names the object's shape, and so on)."""
+    multi = 0
+    for i in range(400):
+        rng = random.Random(i)
+        scene, lang = S.random_scene(rng), LANGUAGES[pick(rng, list(LANGUAGES))]
+        conv = S.sft_conversation(scene, lang, rng)
+        multi += len(conv) > 2
+        for t in range(1, len(conv), 2):
+            answer, before = conv[t]["value"], " ".join(c["value"] for c in conv[:t])
+            if answer in set(lang.colors) | set(getattr(lang, "colors_f", ())) | set(lang.shapes):
+                assert answer not in before, (lang.code, conv)
+    assert multi > 100

@@ -29,7 +29,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--num-train", type=int, default=d.num_train,
-                    help="training images; align.json and sft.json get one example per image (default %(default)s)")
+                    help="training images: one sft.json example each, an align.json caption for the single-object ones (default %(default)s)")
     ap.add_argument("--text-only-fraction", type=float, default=d.text_only_fraction,
                     help="share of text-only examples in sft.json (default %(default)s)")
     ap.add_argument("--num-eval", type=int, default=d.num_eval,

@@ -1,7 +1,8 @@
 """The demo dataset folder: writing it, its manifest, and deciding whether it can be reused.
 
 Output folder (`write_dataset`):
-    align.json, sft.json          LLaVA JSON (stage 1 captions, stage 2 conversations + text-only)
+    align.json, sft.json          LLaVA JSON (stage 1 captions of the single-object images, stage 2
+                                  conversations about every image + text-only)
     images/NNNNNN.png             training images (shared by align and sft example NNNNNN)
     eval/images/NNNN.png          held-out images
     eval/<language>/question.jsonl, answers.jsonl   PALO's multilingual LLaVA-Bench layout
@@ -127,6 +128,7 @@ def write_dataset(root: str, params: Params = Params(), workers: int = 1,
             for ex in chunk:
                 if ex.png is not None:
                     out.write("images/" + ex.image_name, ex.png)
+                if ex.align is not None:
                     align.append(ex.align)
                 sft.append(ex.sft)
             if progress:
