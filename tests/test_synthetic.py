@@ -11,7 +11,8 @@ from PIL import Image
 from train import make_demo_data, train_tokenizer
 from vlm_jax.data import synthetic as S
 from vlm_jax.data import synthetic_files as F
-from vlm_jax.data.synthetic_lang import LANGUAGES, RIDDLE_SHAPES, WORLD_COLORS, in_language_script, pick
+from vlm_jax.data.synthetic_lang import (LANGUAGES, RIDDLE_SHAPES, WORLD_COLORS, in_language_script, pick,
+                                         tokenizer_split_words)
 
 PARAMS = S.Params(seed=3, num_train=120, num_eval=8)
 QUOTED = re.compile(r'"[^"]*"|“[^”]*”|«[^»]*»|「[^」]*」')  # translation tasks quote a foreign word
@@ -37,7 +38,8 @@ def data(tmp_path_factory):
 def tokenizer_dir(data):
     root, _ = data
     out, trained = train_tokenizer.build_tokenizer(
-        [os.path.join(root, "align.json"), os.path.join(root, "sft.json")], os.path.join(root, "tokenizer"), 800)
+        [os.path.join(root, "align.json"), os.path.join(root, "sft.json")], os.path.join(root, "tokenizer"), 800,
+        split_words=tokenizer_split_words())
     assert trained
     return out
 
@@ -229,11 +231,34 @@ def test_tokenizer_loads_with_autotokenizer_and_matches_sentencepiece(data, toke
         assert hf.decode(hf(text)["input_ids"], skip_special_tokens=True) == text
 
 
+def test_tokenizer_keeps_chinese_and_japanese_slot_words_apart(data, tokenizer_dir):
+    """Without split words, BPE on the templated corpus learns whole CJK questions as one piece."""
+    import sentencepiece as spm
+
+    root, _ = data
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tokenizer_dir, "tokenizer.model"))
+    words = re.compile("|".join(map(re.escape, sorted(tokenizer_split_words(), key=len, reverse=True))))
+    checked = 0
+    for lang, text in _all_texts(root):
+        if lang.spaced:
+            continue
+        pieces = sp.encode(text, return_type="proto").pieces
+        starts, ends = {p.begin for p in pieces}, {p.end for p in pieces}  # UTF-8 byte offsets
+        for m in words.finditer(text):
+            begin, end = (len(text[:i].encode()) for i in m.span())
+            assert begin in starts and end in ends, (text, m.group(0), [p.piece for p in pieces])
+            checked += 1
+    assert checked > 100
+
+
 def test_tokenizer_is_deterministic_and_reused(data, tokenizer_dir, tmp_path):
     root, _ = data
     paths = [os.path.join(root, "align.json"), os.path.join(root, "sft.json")]
-    assert train_tokenizer.build_tokenizer(paths, tokenizer_dir, 800) == (tokenizer_dir, False)
-    train_tokenizer.build_tokenizer(paths, str(tmp_path), 800)
+    words = tokenizer_split_words()
+    assert train_tokenizer.build_tokenizer(paths, tokenizer_dir, 800, split_words=words) == (tokenizer_dir, False)
+    assert train_tokenizer.build_tokenizer(paths, tokenizer_dir, 800)[1]  # other split words: retrained
+    train_tokenizer.build_tokenizer(paths, tokenizer_dir, 800, split_words=words)
+    train_tokenizer.build_tokenizer(paths, str(tmp_path), 800, split_words=words)
     with open(os.path.join(tokenizer_dir, "tokenizer.model"), "rb") as a, open(tmp_path / "tokenizer.model", "rb") as b:
         assert a.read() == b.read()
 

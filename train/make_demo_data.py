@@ -18,7 +18,7 @@ import time
 from tqdm import tqdm
 
 from train.train_tokenizer import build_tokenizer
-from vlm_jax.data import synthetic, synthetic_files
+from vlm_jax.data import synthetic, synthetic_files, synthetic_lang
 
 
 def parse_args(argv=None):
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     if not args.no_tokenizer:
         t1 = time.time()
         paths = [os.path.join(args.out, n) for n in ("align.json", "sft.json")]
-        out, trained = build_tokenizer(paths, os.path.join(args.out, "tokenizer"), args.vocab_size)
+        out, trained = build_tokenizer(paths, os.path.join(args.out, "tokenizer"), args.vocab_size,
+                                      split_words=synthetic_lang.tokenizer_split_words())
         print(f"{'trained' if trained else 'reusing'} tokenizer in {out} ({time.time() - t1:.1f}s)")
     return 0
 

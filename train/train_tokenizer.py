@@ -22,24 +22,31 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import time
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
 UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
-TOKENIZER_VERSION = 2
+TOKENIZER_VERSION = 3
 # Strings the chat templates add around the data (vicuna_v1, plain), so they get compact pieces;
 # "</s>USER:" teaches a "USER" piece without "▁", as it follows the end of a turn.
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+_DELIMITER = "\ue000"  # a private-use character: never in the corpus
 TEMPLATE_LINES = (VICUNA_SYSTEM, "USER:", "ASSISTANT:", "</s>USER:")
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int = 3000, num_threads: int = 2) -> bytes:
-    """Train on `texts` (one sentence each, newlines allowed) and return the model proto."""
+def train_sentencepiece(texts: Iterable[str], vocab_size: int = 3000, num_threads: int = 2,
+                        split_words: Sequence[str] = ()) -> bytes:
+    """Train on `texts` (one sentence each, newlines allowed) and return the model proto. No piece
+    learned spans a boundary of a `split_words` word (the trainer sees them pre-split)."""
     lines = [text for text in texts if text]
+    if split_words:
+        words = re.compile("|".join(re.escape(w) for w in sorted(set(split_words), key=len, reverse=True)))
+        lines = [words.sub(lambda m: _DELIMITER + m.group(0) + _DELIMITER, line) for line in lines]
     if not lines:
         raise ValueError("empty tokenizer corpus")
     model = io.BytesIO()
@@ -49,7 +56,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int = 3000, num_thread
         remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True,
         allow_whitespace_only_pieces=True, max_sentencepiece_length=16,
         unk_id=0, bos_id=1, eos_id=2, pad_id=3, unk_piece=UNK, bos_piece=BOS, eos_piece=EOS, pad_piece=PAD,
-        control_symbols=[IMAGE], input_sentence_size=0, num_threads=num_threads, minloglevel=2,
+        control_symbols=[IMAGE], pretokenization_delimiter=_DELIMITER if split_words else "",
+        input_sentence_size=0, num_threads=num_threads, minloglevel=2,
     )
     return model.getvalue()
 
@@ -134,13 +142,14 @@ def tokenizer_is_current(out_dir: str, info: dict) -> bool:
 
 
 def build_tokenizer(json_paths: list[str], out_dir: str, vocab_size: int = 3000,
-                    force: bool = False) -> tuple[str, bool]:
-    """Train and save unless `out_dir` already holds one for the same corpus files and size.
-    Returns (out_dir, trained)."""
-    info = {"requested_vocab_size": vocab_size, "source_hash": _files_hash(json_paths)}
+                    force: bool = False, split_words: Sequence[str] = ()) -> tuple[str, bool]:
+    """Train and save unless `out_dir` already holds one for the same corpus files, size and
+    split words. Returns (out_dir, trained)."""
+    info = {"requested_vocab_size": vocab_size, "source_hash": _files_hash(json_paths),
+            "split_words": sorted(set(split_words))}
     if not force and tokenizer_is_current(out_dir, info):
         return out_dir, False
-    save_tokenizer(train_sentencepiece(corpus(json_paths), vocab_size), out_dir, info)
+    save_tokenizer(train_sentencepiece(corpus(json_paths), vocab_size, split_words=split_words), out_dir, info)
     return out_dir, True
 
 

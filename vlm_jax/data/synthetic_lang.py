@@ -38,6 +38,7 @@ def _cap(text):
 class Language:
     code = ""
     name = ""  # PALO's folder name for the language
+    spaced = True  # words are separated by spaces (not so in Chinese and Japanese)
     colors: tuple = ()  # dictionary forms (masculine singular); the translation answers
     shapes: tuple = ()  # dictionary forms; the shape answers
     numbers: tuple = ()  # answers to "how many shapes?" for 1, 2, 3
@@ -65,6 +66,11 @@ class Language:
 
     def side_words(self):
         return self.sides
+
+    def slot_words(self) -> set[str]:
+        """Every form of the words that questions and captions slot in (colours, shapes, sides, numbers)."""
+        forms = [v for k, v in vars(type(self)).items() if k.startswith("colors") and isinstance(v, tuple)]
+        return {w for words in (*forms, self.colors, self.shapes, self.sides, self.numbers) for w in words}
 
     def caption(self, objs, rng):
         raise NotImplementedError
@@ -124,6 +130,7 @@ class English(Language):
 
 class Chinese(Language):
     code, name = "zh", "chinese"
+    spaced = False
     colors = ("红色", "绿色", "蓝色", "黄色", "紫色", "橙色")
     shapes = ("圆形", "正方形", "三角形", "星形")
     numbers = ("一个", "两个", "三个")
@@ -256,6 +263,7 @@ class Russian(Language):
 
 class Japanese(Language):
     code, name = "ja", "japanese"
+    spaced = False
     colors = ("赤", "緑", "青", "黄色", "紫", "オレンジ")
     colors_attr = ("赤い", "緑の", "青い", "黄色い", "紫の", "オレンジの")
     shapes = ("円", "正方形", "三角形", "星")
@@ -402,6 +410,17 @@ class Urdu(Language):
 # PALO's order of the 10 languages.
 LANGUAGES = {lang.code: lang for lang in (English(), Chinese(), French(), Spanish(), Russian(), Japanese(),
                                           Arabic(), Hindi(), Bengali(), Urdu())}
+
+
+
+def tokenizer_split_words() -> list[str]:
+    """The slot words of the languages written without spaces, which no tokenizer piece may span.
+    The generated text repeats each question template verbatim thousands of times, so BPE would
+    learn a whole Chinese or Japanese question as one piece ("紫色的图形是什么形状"), swallowing the
+    colour it names into a token seen only in that question; a tokenizer trained on real text keeps
+    such words apart (spaced languages get that from their spaces)."""
+    return sorted({w for lang in LANGUAGES.values() if not lang.spaced for w in lang.slot_words()})
+
 
 # Unicode blocks of each language's letters (for checking that a text is in its language's script).
 SCRIPTS = {
