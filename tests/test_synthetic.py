@@ -11,8 +11,8 @@ from PIL import Image
 from train import make_demo_data, train_tokenizer
 from vlm_jax.data import synthetic as S
 from vlm_jax.data import synthetic_files as F
-from vlm_jax.data.synthetic_lang import (LANGUAGES, RIDDLE_SHAPES, WORLD_COLORS, in_language_script, pick,
-                                         tokenizer_split_words)
+from vlm_jax.data.language_scripts import in_language_script
+from vlm_jax.data.synthetic_lang import LANGUAGES, RIDDLE_SHAPES, WORLD_COLORS, pick, tokenizer_split_words
 
 PARAMS = S.Params(seed=3, num_train=120, num_eval=8)
 QUOTED = re.compile(r'"[^"]*"|“[^”]*”|«[^»]*»|「[^」]*」')  # translation tasks quote a foreign word

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Optional
 
-from vlm_jax.data import synthetic, synthetic_lang
+from vlm_jax.data import language_scripts, synthetic, synthetic_lang
 
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "recipe.yaml")
 QUICK = {  # a few steps through the same code path (the test suite's reduced demo)
@@ -94,7 +94,7 @@ def summarize(args, answers_dir: str) -> dict:
             continue
         preds = {r["question_id"]: r["text"] for r in read_jsonl(os.path.join(answers_dir, f"{folder}.jsonl"))}
         scores = synthetic.score_answers(preds, read_jsonl(refs_path))
-        in_lang = [synthetic_lang.in_language_script(t, langs[folder].code) for t in preds.values()]
+        in_lang = [language_scripts.in_language_script(t, langs[folder].code) for t in preds.values()]
         scores["answer_in_language"] = sum(in_lang) / max(1, len(in_lang))
         summary[folder] = scores
     return summary
