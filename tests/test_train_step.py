@@ -122,3 +122,16 @@ def test_lora_stage_trains_only_adapters_and_projector():
         if "lora_" not in k and not k.startswith("projector"):
             assert np.asarray(v).tobytes() == np.asarray(before[k]).tobytes(), k
     assert np.isfinite(m[-1]["loss"])
+
+
+@pytest.mark.parametrize("per_row", [24, 3])  # 24: every row fits; 3: fake rows supervise ~half their 24 tokens
+def test_lm_head_on_supervised_positions_only_matches_full_logits(per_row):
+    mesh_cfg = MeshConfig(data=2, fsdp=1, tensor=1)
+    full, sparse = tiny_config(), tiny_config(loss_tokens_per_row=per_row)
+    s_full, m_full, _ = run_steps(full, mesh_cfg, jax.devices()[:2], 2, model=StandInVLM(full.model))
+    s_sp, m_sp, _ = run_steps(sparse, mesh_cfg, jax.devices()[:2], 2, model=StandInVLM(sparse.model))
+    for a, b in zip(m_sp, m_full):
+        for k in ("loss", "grad_norm", "token_accuracy", "supervised_tokens"):
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, err_msg=k)
+    for a, b in zip(jax.tree.leaves(s_sp["params"]), jax.tree.leaves(s_full["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)

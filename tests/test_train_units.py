@@ -146,3 +146,16 @@ def test_llava15_recipe_configs_load_and_validate():
         assert cfg.model.decoder.hidden_size == (5120 if big else 4096)
         assert cfg.model.decoder.num_layers == (40 if big else 32)
         assert cfg.model.vision.image_size == 336 and cfg.model.vision.num_layers == 24
+
+
+def test_gather_supervised_keeps_each_rows_supervised_positions_in_order():
+    h, _, t, m = _inputs(b=3, l=9)
+    m = m.at[2].set(False)  # a row with nothing supervised
+    cap = int(m.sum(-1).max())
+    hg, tg, mg = losses.gather_supervised(h, t, m, cap)
+    assert hg.shape == (3, cap, h.shape[-1])
+    for r in range(3):
+        idx = np.flatnonzero(np.asarray(m[r]))
+        np.testing.assert_array_equal(np.asarray(mg[r]), np.arange(cap) < len(idx))
+        np.testing.assert_array_equal(np.asarray(tg[r, :len(idx)]), np.asarray(t[r, idx]))
+        np.testing.assert_array_equal(np.asarray(hg[r, :len(idx)]), np.asarray(h[r, idx]))

@@ -124,15 +124,19 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
     summary: dict[str, Any] = {"start_step": start}
     last = time.time()
     try:
+        # The next batch is read while the device runs the current step (dispatch is asynchronous),
+        # so `data_state` / `next_data_state` are the loader states before / after the running batch.
+        next_data_state = loader.get_state()
+        local = next(loader, None)
         while step < steps:
-            data_state = loader.get_state()
-            try:
-                local = next(loader)
-            except StopIteration:
+            data_state = next_data_state
+            if local is None:
                 log(f"training data exhausted after {step} steps")
                 break
             batch = sharding.global_batch(local, mesh, gb)
             state, m = compiled(state, batch)
+            next_data_state = loader.get_state()
+            local = next(loader, None) if step + 1 < steps else None
             m = jax.device_get(m)
             now = time.time()
             dt, last = now - last, now
@@ -154,14 +158,14 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
                 logger.log(rec)
             logger.progress(step, rec["loss"], rec["learning_rate"], rec["tokens_per_second"])
             if step % cfg.train.checkpoint.every_steps == 0 or preempt.requested:
-                ckpt.save(state, loader.get_state(), cfg_dict)
+                ckpt.save(state, next_data_state, cfg_dict)
             if preempt.requested:
                 ckpt.wait()
                 log(f"SIGTERM: saved checkpoint {step}, exiting")
                 summary.update(preempted=True, step=step)
                 return summary
             last = time.time()  # throughput counts data + step, not eval/checkpoint pauses
-        ckpt.save(state, loader.get_state(), cfg_dict)
+        ckpt.save(state, next_data_state, cfg_dict)
         if cfg.train.eval.at_end and data_lib.has_eval_data(cfg) and step > start:
             rec = {"step": step, **eval_lib.evaluate(setup, state["params"], cfg.train.eval.num_batches, rows)}
             logger.log(rec)

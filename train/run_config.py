@@ -46,6 +46,9 @@ def check_values(cfg: Config, previous_stage: bool = False, need_files: bool = T
                     ("logging.every_steps", t.logging.every_steps)):
         if v < 1:
             raise ConfigError(f"train.{name}: must be >= 1, got {v}")
+    for name, v in (("loss_vocab_chunk", t.loss_vocab_chunk), ("loss_tokens_per_row", t.loss_tokens_per_row)):
+        if v < 0:
+            raise ConfigError(f"train.{name}: must be >= 0 (0 = off), got {v}")
     if t.num_steps == 0 or t.num_steps < -1:
         raise ConfigError(f"train.num_steps: must be positive or -1 (from num_epochs), got {t.num_steps}")
     if t.num_steps == -1 and t.fake_data.enabled:

@@ -50,6 +50,10 @@ def load_recipe(path: str, raw: dict, overrides: list[str], need_files: bool = T
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(f"{path}: stages: expected a non-empty list")
     root = raw.get("run_dir", "runs/recipe")
+    # `run_dir=X` on the command line moves the whole recipe (stage <name> runs in X/<name>)
+    roots = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
+    if roots:
+        root, overrides = roots[-1], [o for o in overrides if not o.startswith("run_dir=")]
     common = _strings(raw.get("overrides"), f"{path}: overrides")
     here = os.path.dirname(os.path.abspath(path))
     stages: list[Stage] = []

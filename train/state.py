@@ -77,12 +77,13 @@ def build(cfg: Config, mesh, total_steps: int, model=None) -> Setup:
         grad_accum_steps=cfg.train.grad_accum_steps,
         z_loss=cfg.train.z_loss,
         loss_vocab_chunk=cfg.train.loss_vocab_chunk,
+        loss_tokens_per_row=cfg.train.loss_tokens_per_row,
         nan_policy=cfg.train.nan_policy,
         dropout=cfg.model.lora.rank > 0 and cfg.model.lora.dropout > 0,
     )
     train_step = step_lib.jit_train_step(step_lib.build_train_step(model, tx, opts, mesh), state_sh, batch_sh, mesh)
     eval_step = step_lib.jit_eval_step(
-        step_lib.build_eval_step(model, cfg.train.loss_vocab_chunk), param_sh, batch_sh, mesh
+        step_lib.build_eval_step(model, cfg.train.loss_vocab_chunk, cfg.train.loss_tokens_per_row), param_sh, batch_sh, mesh
     )
 
     def init(rng):

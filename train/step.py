@@ -30,6 +30,7 @@ class StepOptions:
     grad_accum_steps: int = 1
     z_loss: float = 0.0
     loss_vocab_chunk: int = 0
+    loss_tokens_per_row: int = 0
     nan_policy: str = "stop"  # stop | skip
     dropout: bool = False  # feed a "dropout" rng to the model (LoRA dropout)
 
@@ -51,18 +52,38 @@ def lm_head_kernel(params: Any) -> jax.Array:
     return dec["embed_tokens"]["embedding"].T
 
 
-def make_loss_sums(model) -> Callable[[Any, dict, int], losses.LossSums]:
-    def loss_sums(params, batch, vocab_chunk=0, rng=None):
+def make_loss_sums(model) -> Callable[..., losses.LossSums]:
+    """loss_sums(params, batch, vocab_chunk, rng, tokens_per_row) -> LossSums.
+
+    tokens_per_row > 0 applies the lm_head only at each row's supervised positions (SFT supervises a
+    few answer tokens per row, so most of the [B, L, V] logits are never used); a batch with a row
+    holding more supervised tokens than that takes the full path, so the result is the same either way.
+    """
+
+    def loss_sums(params, batch, vocab_chunk=0, rng=None, tokens_per_row=0):
         inputs = {k: batch[k] for k in MODEL_KEYS}
         inputs.update({k: batch[k] for k in OPTIONAL_MODEL_KEYS if k in batch})
         kw = {"rngs": {"dropout": rng}} if rng is not None else {}
-        if vocab_chunk:
-            hidden = model.apply({"params": params}, inputs, return_hidden=True, **kw)
-            return losses.chunked_cross_entropy_sums(
-                hidden, lm_head_kernel(params), batch["targets"], batch["loss_mask"], vocab_chunk
-            )
-        logits = model.apply({"params": params}, inputs, **kw)
-        return losses.cross_entropy_sums(logits, batch["targets"], batch["loss_mask"])
+        targets, mask = batch["targets"], batch["loss_mask"].astype(bool)
+        if not vocab_chunk and not tokens_per_row:
+            logits = model.apply({"params": params}, inputs, **kw)
+            return losses.cross_entropy_sums(logits, targets, mask)
+        hidden = model.apply({"params": params}, inputs, return_hidden=True, **kw)
+
+        def sums(h, t, m):
+            if vocab_chunk:
+                return losses.chunked_cross_entropy_sums(h, lm_head_kernel(params), t, m, vocab_chunk)
+            kernel = lm_head_kernel(params)
+            logits = jnp.einsum("bld,dv->blv", h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
+            return losses.cross_entropy_sums(logits, t, m)
+
+        if not tokens_per_row:
+            return sums(hidden, targets, mask)
+        return jax.lax.cond(
+            mask.sum(-1).max() <= tokens_per_row,
+            lambda: sums(*losses.gather_supervised(hidden, targets, mask, tokens_per_row)),
+            lambda: sums(hidden, targets, mask),
+        )
 
     return loss_sums
 
@@ -93,7 +114,7 @@ def build_train_step(model, tx, opts: StepOptions, mesh) -> Callable:
             rng = jax.random.fold_in(step_rng, i) if opts.dropout else None
 
             def f(tr):
-                sums = loss_sums(_unflat({**tr, **frozen}), mb, opts.loss_vocab_chunk, rng)
+                sums = loss_sums(_unflat({**tr, **frozen}), mb, opts.loss_vocab_chunk, rng, opts.loss_tokens_per_row)
                 return losses.total_loss(sums, num_tokens, opts.z_loss), sums
 
             (_, sums), g = jax.value_and_grad(f, has_aux=True)(train)
@@ -143,11 +164,11 @@ def build_train_step(model, tx, opts: StepOptions, mesh) -> Callable:
     return step
 
 
-def build_eval_step(model, loss_vocab_chunk: int = 0) -> Callable:
+def build_eval_step(model, loss_vocab_chunk: int = 0, loss_tokens_per_row: int = 0) -> Callable:
     loss_sums = make_loss_sums(model)
 
     def step(params, batch):
-        return loss_sums(params, batch, loss_vocab_chunk)
+        return loss_sums(params, batch, loss_vocab_chunk, None, loss_tokens_per_row)
 
     return step
 

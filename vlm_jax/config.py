@@ -272,6 +272,9 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     z_loss: float = 0.0
     loss_vocab_chunk: int = 0  # > 0: cross-entropy from hidden states, lm_head applied in vocab chunks
+    # > 0: the lm_head runs only at each row's supervised positions, up to this many per row (a batch
+    # with a fuller row takes the full path); pays off when few tokens are supervised, as in SFT
+    loss_tokens_per_row: int = 0
     nan_policy: str = "stop"  # stop (keep the last good state, save it, exit 1) | skip (drop the update)
     init_from: Optional[str] = None  # model checkpoint folder or an earlier run dir
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -99,6 +99,19 @@ def chunked_cross_entropy_sums(
     )
 
 
+def gather_supervised(
+    hidden: jax.Array, targets: jax.Array, loss_mask: jax.Array, capacity: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each row's first `capacity` supervised positions: hidden [B, L, D] -> [B, C, D], targets and
+    mask [B, L] -> [B, C] (unused slots masked out). Rows stay rows, so batch sharding is kept."""
+
+    def row(h, t, m):
+        idx = jnp.nonzero(m, size=capacity, fill_value=0)[0]
+        return h[idx], t[idx], jnp.arange(capacity) < m.sum()
+
+    return jax.vmap(row)(hidden, targets, loss_mask.astype(bool))
+
+
 def total_loss(sums: LossSums, num_tokens: jax.Array, z_loss: float = 0.0) -> jax.Array:
     """Mean cross-entropy (+ z_loss * mean lse^2) over `num_tokens` supervised tokens."""
     denom = jnp.maximum(num_tokens, 1.0)
