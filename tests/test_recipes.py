@@ -96,8 +96,9 @@ def test_real_size_compiles_on_8_devices(stage):
     assert "'fsdp': 8" in out and re.search(r"total per device\s+[\d.]+ GiB", out), out
 
 
-def test_run_dir_on_the_command_line_moves_the_whole_recipe():
+@pytest.mark.parametrize("override", ["run_dir=/elsewhere/r", 'run_dir="/elsewhere/r"'])
+def test_run_dir_on_the_command_line_moves_the_whole_recipe(override):
     path = rh.config_path(rh.RECIPES[0])
-    resolved = stages.load_recipe(path, load_yaml(path), ["run_dir=/elsewhere/r"], need_files=False)
+    resolved = stages.load_recipe(path, load_yaml(path), [override], need_files=False)
     assert [s.cfg.run_dir for s in resolved] == [f"/elsewhere/r/{s.name}" for s in resolved]
     assert resolved[1].cfg.train.init_from == "/elsewhere/r/" + resolved[0].name

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from train import run_config
 from vlm_jax.config import Config, ConfigError
+from vlm_jax.config_io import parse_override
 
 RECIPE_KEYS = {"run_dir", "stages", "overrides", "base"}
 STAGE_KEYS = {"name", "config", "overrides"}
@@ -51,9 +52,14 @@ def load_recipe(path: str, raw: dict, overrides: list[str], need_files: bool = T
         raise ConfigError(f"{path}: stages: expected a non-empty list")
     root = raw.get("run_dir", "runs/recipe")
     # `run_dir=X` on the command line moves the whole recipe (stage <name> runs in X/<name>)
-    roots = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
-    if roots:
-        root, overrides = roots[-1], [o for o in overrides if not o.startswith("run_dir=")]
+    stage_overrides = []
+    for item in overrides:
+        key, value = parse_override(item)
+        if key == ["run_dir"]:
+            root = str(value)
+        else:
+            stage_overrides.append(item)
+    overrides = stage_overrides
     common = _strings(raw.get("overrides"), f"{path}: overrides")
     here = os.path.dirname(os.path.abspath(path))
     stages: list[Stage] = []

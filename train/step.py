@@ -70,10 +70,11 @@ def make_loss_sums(model) -> Callable[..., losses.LossSums]:
             return losses.cross_entropy_sums(logits, targets, mask)
         hidden = model.apply({"params": params}, inputs, return_hidden=True, **kw)
 
+        kernel = lm_head_kernel(params)
+
         def sums(h, t, m):
             if vocab_chunk:
-                return losses.chunked_cross_entropy_sums(h, lm_head_kernel(params), t, m, vocab_chunk)
-            kernel = lm_head_kernel(params)
+                return losses.chunked_cross_entropy_sums(h, kernel, t, m, vocab_chunk)
             logits = jnp.einsum("bld,dv->blv", h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
             return losses.cross_entropy_sums(logits, t, m)
 
