@@ -155,6 +155,18 @@ def test_grammar_spot_checks():
         assert len(lang.riddles) == len(RIDDLE_SHAPES) and len(set(lang.colors)) == len(lang.colors) == 6
 
 
+def test_languages_whose_questions_open_with_the_object_get_more_examples():
+    counts = {}
+    for index in range(3000):
+        lang = S.make_train_example(S.Params(num_train=10 ** 6), index).sft["id"].rsplit("-", 1)[1]
+        counts[lang] = counts.get(lang, 0) + 1
+    weights = {code: S.TRAIN_LANGUAGE_WEIGHTS.get(code, 1) for code in LANGUAGES}
+    for code, w in weights.items():
+        expected = 3000 * w / sum(weights.values())
+        assert abs(counts[code] - expected) < 4 * expected ** 0.5, (code, counts[code], expected)
+    assert weights["hi"] > weights["en"]
+
+
 def test_eval_layout(data):
     root, _ = data
     reference_ids = None
