@@ -161,6 +161,38 @@ def test_packed_equals_unpacked():
     np.testing.assert_allclose(packed[len(ex[0]): len(ex[0]) + len(ex[1])], alone[1], atol=1e-5, rtol=0)
 
 
+def test_unrolled_equals_scanned():
+    """scan_layers=false (the demo's choice on CPU) computes what the scanned stack does, forward and
+    backward, with the per-layer params `layers_{i}` sliced from the stacked `layers`."""
+    scanned, unrolled = VLM(tiny_cfg()), VLM(tiny_cfg(scan_layers=False))
+    params = random_params(scanned, 4)
+    dec = dict(params["decoder"])
+    stacked = dec.pop("layers")
+    for i in range(scanned.cfg.decoder.num_layers):
+        dec[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    params_unrolled = {**params, "decoder": dec}
+    assert jax.tree.structure(params_unrolled) == jax.tree.structure(random_params(unrolled, 4))
+    n = VLM.tokens_per_image(scanned.cfg)
+    rng = np.random.default_rng(2)
+    tokens = np.stack([example(rng, n, 7) for _ in range(2)])
+    batch = {"tokens": tokens, "images": images(2, seed=6)[:, None, None], "image_mask": np.ones((2, 1), bool),
+             "segment_ids": np.ones_like(tokens), "positions": np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)}
+
+    def loss(model):
+        return jax.jit(jax.value_and_grad(lambda p: jnp.mean(jax.nn.logsumexp(model.apply({"params": p}, batch), -1))))
+
+    (l_scan, g_scan), (l_unroll, g_unroll) = loss(scanned)(params), loss(unrolled)(params_unrolled)
+    np.testing.assert_allclose(float(l_unroll), float(l_scan), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(unrolled.apply({"params": params_unrolled}, batch)),
+                               np.asarray(scanned.apply({"params": params}, batch)), atol=1e-5, rtol=0)
+    g_layers = g_scan["decoder"]["layers"]
+    for i in range(scanned.cfg.decoder.num_layers):
+        for a, b in zip(jax.tree.leaves(g_unroll["decoder"][f"layers_{i}"]), jax.tree.leaves(g_layers)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b)[i], atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g_unroll["decoder"]["embed_tokens"]["embedding"]),
+                               np.asarray(g_scan["decoder"]["embed_tokens"]["embedding"]), atol=1e-6, rtol=1e-5)
+
+
 def test_sharded_equals_single_device():
     assert jax.device_count() >= 8, "tests/conftest.py should configure 8 CPU devices"
     cfg = tiny_cfg()
