@@ -216,3 +216,41 @@ def test_real_data_pipeline_with_eval_and_final_export(tmp_path):
     assert 0 <= recs[-1]["eval_token_accuracy"] <= 1 and np.isfinite(recs[-1]["eval_loss"])
     assert os.path.exists(os.path.join(run, "final", "vlm_jax_model.json"))
     assert os.path.exists(os.path.join(run, "config.yaml"))
+
+
+def test_skipped_examples_are_logged_with_the_step_that_consumed_their_batch(tmp_path):
+    """The loop reads the next batch while a step runs; the count logged with step k must still be
+    the loader's count after batch k, not k + 1."""
+    from tests.data_helpers import make_records, write_images, write_json
+    from tests.helpers.tiny_tokenizers import train_llama_like_sentencepiece
+    from train import data as data_lib
+    from vlm_jax import config_io
+    from vlm_jax.config import Config
+
+    tok = train_llama_like_sentencepiece(str(tmp_path / "tok"))
+    write_images(str(tmp_path / "img"))
+    recs = make_records(40)
+    for i in (13, 27):  # malformed: an image that does not exist
+        recs[i] = {**recs[i], "image": "missing.png",
+                   "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}
+    write_json(str(tmp_path / "train.json"), recs)
+    path = write_config(tmp_path, data={"sources": [{"path": str(tmp_path / "train.json"),
+                                                     "image_folder": str(tmp_path / "img")}],
+                                        "tokenizer": tok, "template": "vicuna_v1", "seq_len": 256, "max_images": 2,
+                                        "num_workers": 0, "packing": False})
+    overrides = ["train.fake_data.enabled=false", "model.decoder.vocab_size=768", "train.num_steps=6",
+                 "train.global_batch_size=4", "train.logging.every_steps=1"]
+    run = str(tmp_path / "run")
+    r = cli(["--config", path, f"run_dir={run}", *overrides])
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        logged = [json.loads(line)["skipped_examples"] for line in f if '"loss"' in line]
+
+    cfg = config_io.load(Config, path, overrides)
+    loader = data_lib.make_loader(cfg, "train", 4, 0, 4, 0, 1)
+    expected = []
+    for _ in range(6):
+        next(loader)
+        expected.append(int(loader.stats()["skipped_examples"]))
+    assert 0 < expected[-1] <= 2 and expected[0] < expected[-1], expected  # the count grows during the run
+    assert logged == expected

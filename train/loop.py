@@ -135,6 +135,7 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
                 break
             batch = sharding.global_batch(local, mesh, gb)
             state, m = compiled(state, batch)
+            skipped = int(loader.stats().get("skipped_examples", 0))  # through this batch, before the next read
             next_data_state = loader.get_state()
             local = next(loader, None) if step + 1 < steps else None
             m = jax.device_get(m)
@@ -151,7 +152,7 @@ def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
                     )
                 log(f"step {step + 1}: non-finite loss or gradient, update skipped")
             step += 1
-            rec = _record(setup, step, m, dt, loader, peak, len(devices))
+            rec = _record(setup, step, m, dt, skipped, peak, len(devices))
             if do_eval and step % cfg.train.eval.every_steps == 0 and step < steps:
                 rec.update(eval_lib.evaluate(setup, state["params"], cfg.train.eval.num_batches, rows))
             if step % cfg.train.logging.every_steps == 0 or step == steps or "eval_loss" in rec:
@@ -192,7 +193,7 @@ def _global_count(local: int) -> int:
     return int(np.asarray(multihost_utils.process_allgather(np.int64(local))).sum())
 
 
-def _record(setup, step: int, m: dict, dt: float, loader, peak, n_devices: int) -> dict:
+def _record(setup, step: int, m: dict, dt: float, skipped: int, peak, n_devices: int) -> dict:
     lrs = _lr(setup, step - 1)
     base = lrs.get("lr/decoder", lrs.get("lr/lora", next(iter(lrs.values()))))
     rec = {
@@ -201,7 +202,7 @@ def _record(setup, step: int, m: dict, dt: float, loader, peak, n_devices: int) 
         "learning_rate": base,
         "tokens_per_second": float(m["tokens"]) / max(dt, 1e-9),
         "supervised_tokens_per_second": float(m["supervised_tokens"]) / max(dt, 1e-9),
-        "skipped_examples": _global_count(int(loader.stats().get("skipped_examples", 0))),
+        "skipped_examples": _global_count(skipped),
         "grad_norm": float(m["grad_norm"]),
         "token_accuracy": float(m["token_accuracy"]),
         "step_time": dt,
