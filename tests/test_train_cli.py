@@ -191,18 +191,27 @@ def test_recipe_runs_stages_in_order_and_skips_done_ones(tmp_path):
     assert r.returncode == 0 and r.stderr.count("skipping") == 2, r.stderr[-2000:]
 
 
-def test_real_data_pipeline_with_eval_and_final_export(tmp_path):
-    from tests.data_helpers import make_records, write_images, write_json
+def write_real_data_config(tmp_path, train_records, eval_records=None, **data) -> str:
+    """A tiny config over LLaVA JSON files (images and a SentencePiece tokenizer in tmp_path)."""
+    from tests.data_helpers import write_images, write_json
     from tests.helpers.tiny_tokenizers import train_llama_like_sentencepiece
 
     tok = train_llama_like_sentencepiece(str(tmp_path / "tok"))
     write_images(str(tmp_path / "img"))
-    write_json(str(tmp_path / "train.json"), make_records(60))
-    write_json(str(tmp_path / "eval.json"), make_records(10, seed=1))
     src = lambda name: {"path": str(tmp_path / name), "image_folder": str(tmp_path / "img")}  # noqa: E731
-    path = write_config(tmp_path, data={"sources": [src("train.json")], "eval_sources": [src("eval.json")],
-                                        "tokenizer": tok, "template": "vicuna_v1", "seq_len": 64, "max_images": 2,
-                                        "num_workers": 1, "pack_window": 4})
+    write_json(str(tmp_path / "train.json"), train_records)
+    data = {"sources": [src("train.json")], "tokenizer": tok, "template": "vicuna_v1", "max_images": 2, **data}
+    if eval_records is not None:
+        write_json(str(tmp_path / "eval.json"), eval_records)
+        data["eval_sources"] = [src("eval.json")]
+    return write_config(tmp_path, data=data)
+
+
+def test_real_data_pipeline_with_eval_and_final_export(tmp_path):
+    from tests.data_helpers import make_records
+
+    path = write_real_data_config(tmp_path, make_records(60), make_records(10, seed=1), seq_len=64, num_workers=1,
+                                  pack_window=4)
     run = str(tmp_path / "run")
     r = cli(["--config", path, f"run_dir={run}", "train.fake_data.enabled=false", "model.decoder.vocab_size=768",
              "train.num_steps=-1", "train.num_epochs=0.5", "train.eval.at_end=true", "train.eval.num_batches=2",
@@ -221,23 +230,16 @@ def test_real_data_pipeline_with_eval_and_final_export(tmp_path):
 def test_skipped_examples_are_logged_with_the_step_that_consumed_their_batch(tmp_path):
     """The loop reads the next batch while a step runs; the count logged with step k must still be
     the loader's count after batch k, not k + 1."""
-    from tests.data_helpers import make_records, write_images, write_json
-    from tests.helpers.tiny_tokenizers import train_llama_like_sentencepiece
+    from tests.data_helpers import make_records
     from train import data as data_lib
     from vlm_jax import config_io
     from vlm_jax.config import Config
 
-    tok = train_llama_like_sentencepiece(str(tmp_path / "tok"))
-    write_images(str(tmp_path / "img"))
     recs = make_records(40)
     for i in (13, 27):  # malformed: an image that does not exist
         recs[i] = {**recs[i], "image": "missing.png",
                    "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}
-    write_json(str(tmp_path / "train.json"), recs)
-    path = write_config(tmp_path, data={"sources": [{"path": str(tmp_path / "train.json"),
-                                                     "image_folder": str(tmp_path / "img")}],
-                                        "tokenizer": tok, "template": "vicuna_v1", "seq_len": 256, "max_images": 2,
-                                        "num_workers": 0, "packing": False})
+    path = write_real_data_config(tmp_path, recs, seq_len=256, num_workers=0, packing=False)
     overrides = ["train.fake_data.enabled=false", "model.decoder.vocab_size=768", "train.num_steps=6",
                  "train.global_batch_size=4", "train.logging.every_steps=1"]
     run = str(tmp_path / "run")
