@@ -25,30 +25,22 @@ import sys
 import uuid
 from typing import Optional
 
+from infer import options
+
 GT_KEYS = ("answer", "answers", "label", "gt_answer")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m infer.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model checkpoint folder")
-    src.add_argument("--hf", help="HF LLaVA or original LLaVA folder (converted in memory)")
-    p.add_argument("--vision", help="with --hf of an original LLaVA folder without the tower: the HF CLIP/SigLIP folder")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's)")
+    options.add_model_options(p)
     p.add_argument("--questions", required=True, help="question.jsonl, or a folder of <language>/question.jsonl")
     p.add_argument("--image-folder", default="", help="image paths are relative to this")
     p.add_argument("--answers", required=True, help="answers.jsonl (a folder in multilingual mode)")
     p.add_argument("--num-chunks", type=int, default=1)
     p.add_argument("--chunk-idx", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--template", help="chat template (default: from the tokenizer)")
-    p.add_argument("--image-aspect", choices=["pad", "crop", "resize"], help="default: from the checkpoint")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    options.add_decoding_options(p, max_new_tokens=128)
     p.add_argument("--scorer", default="auto", choices=["auto", "exact", "vqa", "pope", "mc", "none"])
     p.add_argument("--model-id", help="model_id written in the answers (default: the checkpoint folder name)")
     return p
@@ -164,8 +156,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         parser.error("need --num-chunks >= 1 and 0 <= --chunk-idx < --num-chunks")
-    if args.batch_size < 1 or args.max_new_tokens < 1:
-        parser.error("--batch-size and --max-new-tokens must be >= 1")
+    options.check(args, parser)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
     if os.path.isdir(args.questions):
         languages = sorted(d for d in os.listdir(args.questions)
                            if os.path.isfile(os.path.join(args.questions, d, "question.jsonl")))
@@ -188,13 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if missing:
         parser.error(f"{len(missing)} images not found, e.g. {missing[0]} (check --image-folder)")
 
-    from infer import runner
-
-    m = runner.load(args.checkpoint, args.hf, args.tokenizer, args.vision)
-    if args.image_aspect:
-        m.aspect = args.image_aspect
-    template = args.template or runner.default_template(m.tokenizer)
-    sc = runner.sampling(m, template, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    m, template, sc = options.load(args)
 
     summary = {}
     for lang, qs in questions.items():

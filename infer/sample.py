@@ -14,26 +14,18 @@ import os
 import sys
 from typing import Optional
 
+from infer import options
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m infer.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model checkpoint folder (convert output or <run_dir>/final)")
-    src.add_argument("--hf", help="HF LlavaForConditionalGeneration or original LLaVA folder (converted in memory)")
-    p.add_argument("--vision", help="with --hf of an original LLaVA folder without the tower: the HF CLIP/SigLIP folder")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's tokenizer/ or the --hf folder)")
+    options.add_model_options(p)
     p.add_argument("--image", action="append", default=[], help="image file (repeatable; in <image> tag order)")
     p.add_argument("--prompt", help="the question")
     p.add_argument("--prompts", help="JSONL file: {\"prompt\": ..., \"image\": PATH | \"images\": [PATH, ...]} per line")
     p.add_argument("--image-folder", default="", help="image paths in --prompts are relative to this")
-    p.add_argument("--template", help="chat template (default: from the tokenizer: chatml, llama_3 or vicuna_v1)")
-    p.add_argument("--image-aspect", choices=["pad", "crop", "resize"], help="image preprocessing (default: from the checkpoint)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    p.add_argument("--seed", type=int, default=0)
+    options.add_decoding_options(p, max_new_tokens=256)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call with --prompts")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt, no streaming")
     return p
@@ -67,17 +59,13 @@ def _read_prompts(args, parser) -> list[tuple[str, list[str]]]:
 def _check(args, parser, prompts):
     if args.prompt is not None and args.prompts:
         parser.error("--prompt and --prompts are exclusive")
-    if args.max_new_tokens < 1:
-        parser.error("--max-new-tokens must be >= 1")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.batch_size < 1:
-        parser.error("need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --batch-size >= 1")
+    options.check(args, parser)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
     for _, ims in prompts:
         for path in ims:
             if not os.path.isfile(path):
                 parser.error(f"image {path}: no such file")
-    for path in (args.checkpoint, args.hf, args.tokenizer):
-        if path and not os.path.isdir(path):
-            parser.error(f"{path}: no such folder")
 
 
 class _Streamer:
@@ -119,16 +107,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from infer import runner
 
-    m = runner.load(args.checkpoint, args.hf, args.tokenizer, args.vision)
-    if args.image_aspect:
-        m.aspect = args.image_aspect
-    template = args.template or runner.default_template(m.tokenizer)
+    m, template, sc = options.load(args)
     try:
         rows = [(runner.prompt_ids(m, template, text, len(ims)), [runner.load_image(m, p) for p in ims])
                 for text, ims in prompts]
     except (ValueError, KeyError) as e:
         parser.error(str(e))
-    sc = runner.sampling(m, template, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
 
     if len(rows) == 1 and not args.json:
         streamer = _Streamer(m, template)

@@ -65,6 +65,8 @@ def test_model_vqa_round_trip(setup, capsys):
                                 "--template", "vicuna_v1"]) == 0
     assert [a["question_id"] for a in _lines(chunk)] == [3, "t"]
     for bad in (argv + ["--chunk-idx", "2", "--num-chunks", "2"],
+                argv + ["--temperature", "-1"], argv + ["--top-p", "0"],  # the sampling checks infer.sample has
+                argv + ["--vision", str(root / "no_such_tower")],
                 ["--checkpoint", ckpt, "--questions", str(root / "question.jsonl"), "--answers", chunk]):  # images?
         with pytest.raises(SystemExit) as e:
             ev.main(bad)

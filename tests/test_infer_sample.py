@@ -98,6 +98,7 @@ def test_stream_sampling_and_usage(folder, capsys):
                 src + ["--prompt", "x", "--image", str(folder / "missing.png")],
                 src + ["--prompt", "<image> x", "--template", "vicuna_v1"],  # tag without an image
                 src + ["--prompt", "x", "--top-p", "0"],
+                src + ["--prompt", "x", "--vision", str(folder / "no_such_tower")],
                 src):  # no prompt
         with pytest.raises(SystemExit) as e:
             sample.main(bad)
