@@ -52,9 +52,13 @@ def run_steps(cfg: Config, mesh_cfg: MeshConfig, devices, n: int, state=None, mo
 def test_one_device_vs_eight_device_mesh_losses_match():
     cfg = tiny_config()
     _, m1, _ = run_steps(cfg, MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1], 5)
-    _, m8, setup = run_steps(cfg, MeshConfig(data=2, fsdp=2, tensor=2), jax.devices(), 5)
+    state8, m8, setup = run_steps(cfg, MeshConfig(data=2, fsdp=2, tensor=2), jax.devices(), 5)
     specs = {s.spec for s in jax.tree.leaves(setup.state_shardings["params"])}
     assert any("tensor" in str(s) for s in specs) and any("fsdp" in str(s) for s in specs)
+    # the model's logical constraints on activations are live: rows over data+fsdp, heads/mlp over tensor
+    hlo = setup.train_step.lower(state8, state_lib.abstract_batch(setup)).as_text()
+    constraints = [line for line in hlo.splitlines() if "sharding_constraint" in line]
+    assert any('{"tensor"}' in c for c in constraints) and all('{"data", "fsdp"}' in c for c in constraints), constraints[:3]
     l1, l8 = np.array([m["loss"] for m in m1]), np.array([m["loss"] for m in m8])
     np.testing.assert_allclose(l8, l1, atol=1e-5, rtol=0)
 

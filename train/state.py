@@ -81,9 +81,10 @@ def build(cfg: Config, mesh, total_steps: int, model=None) -> Setup:
         nan_policy=cfg.train.nan_policy,
         dropout=cfg.model.lora.rank > 0 and cfg.model.lora.dropout > 0,
     )
-    train_step = step_lib.jit_train_step(step_lib.build_train_step(model, tx, opts, mesh), state_sh, batch_sh, mesh)
+    train_step = step_lib.jit_train_step(step_lib.build_train_step(model, tx, opts, mesh), state_sh, batch_sh, mesh, rules)
     eval_step = step_lib.jit_eval_step(
-        step_lib.build_eval_step(model, cfg.train.loss_vocab_chunk, cfg.train.loss_tokens_per_row), param_sh, batch_sh, mesh
+        step_lib.build_eval_step(model, cfg.train.loss_vocab_chunk, cfg.train.loss_tokens_per_row), param_sh, batch_sh, mesh,
+        rules,
     )
 
     def init(rng):

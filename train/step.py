@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from flax import traverse_util
+from flax import linen as nn, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlm_jax import losses
@@ -174,16 +174,30 @@ def build_eval_step(model, loss_vocab_chunk: int = 0, loss_tokens_per_row: int =
     return step
 
 
-def jit_train_step(step_fn, state_shardings, batch_shardings, mesh):
+def with_activation_rules(fn: Callable, mesh, rules) -> Callable:
+    """`fn` traced with `mesh` and the logical-axis `rules` in context, so that the model's
+    `nn.with_logical_constraint`s on activations (rows over data/fsdp, heads, mlp and vocab over
+    tensor, as the rules say) become sharding constraints; outside that context they are no-ops."""
+    if not rules:
+        return fn
+
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+
+    return traced
+
+
+def jit_train_step(step_fn, state_shardings, batch_shardings, mesh, rules=()):
     rep = NamedSharding(mesh, P())
     return jax.jit(
-        step_fn,
+        with_activation_rules(step_fn, mesh, rules),
         in_shardings=(state_shardings, batch_shardings),
         out_shardings=(state_shardings, rep),
         donate_argnums=(0,),
     )
 
 
-def jit_eval_step(step_fn, param_shardings, batch_shardings, mesh):
+def jit_eval_step(step_fn, param_shardings, batch_shardings, mesh, rules=()):
     rep = NamedSharding(mesh, P())
-    return jax.jit(step_fn, in_shardings=(param_shardings, batch_shardings), out_shardings=rep)
+    return jax.jit(with_activation_rules(step_fn, mesh, rules), in_shardings=(param_shardings, batch_shardings), out_shardings=rep)
