@@ -178,9 +178,6 @@ def with_activation_rules(fn: Callable, mesh, rules) -> Callable:
     """`fn` traced with `mesh` and the logical-axis `rules` in context, so that the model's
     `nn.with_logical_constraint`s on activations (rows over data/fsdp, heads, mlp and vocab over
     tensor, as the rules say) become sharding constraints; outside that context they are no-ops."""
-    if not rules:
-        return fn
-
     def traced(*args):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
             return fn(*args)
@@ -188,7 +185,7 @@ def with_activation_rules(fn: Callable, mesh, rules) -> Callable:
     return traced
 
 
-def jit_train_step(step_fn, state_shardings, batch_shardings, mesh, rules=()):
+def jit_train_step(step_fn, state_shardings, batch_shardings, mesh, rules):
     rep = NamedSharding(mesh, P())
     return jax.jit(
         with_activation_rules(step_fn, mesh, rules),
@@ -198,6 +195,6 @@ def jit_train_step(step_fn, state_shardings, batch_shardings, mesh, rules=()):
     )
 
 
-def jit_eval_step(step_fn, param_shardings, batch_shardings, mesh, rules=()):
+def jit_eval_step(step_fn, param_shardings, batch_shardings, mesh, rules):
     rep = NamedSharding(mesh, P())
     return jax.jit(with_activation_rules(step_fn, mesh, rules), in_shardings=(param_shardings, batch_shardings), out_shardings=rep)
