@@ -23,7 +23,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
 
 demo: $(STAMP)
-	$(BIN)/python -m train.demo
+	$(BIN)/python -m demo
 
 clean:
 	rm -rf $(VENV) runs demo_data

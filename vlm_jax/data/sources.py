@@ -168,7 +168,7 @@ class JsonlSource:
 
 
 class ArrayRecordSource:
-    """ArrayRecord shards written by `train.prepare_data` (image bytes embedded)."""
+    """ArrayRecord shards written by `tools.prepare_data` (image bytes embedded)."""
 
     def __init__(self, paths: Sequence[str], name: str = ""):
         import grain  # noqa: PLC0415 (heavy import, only when used)

@@ -1,0 +1,133 @@
+"""Derived projects' checkpoint formats (palo, vila, centurio, aligngpt): PyTorch models of the published
+structures on random weights imported through `convert import` give the same logits (float32, 1e-4), and
+import -> export reproduces every tensor and config exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from transformers import LlamaForCausalLM
+
+from tests.helpers import derived as dh
+from tests.helpers.convert_models import IMAGE_TOKEN, assert_same_tensors, cli, prompt, tensors
+from tests.helpers.torch_projectors import TorchDownsample, TorchLDP, TorchMultiscalePool
+from vlm_jax.checkpoint import load_model_checkpoint
+from vlm_jax.models.vit import num_layers_used
+from vlm_jax.models.vlm import VLM
+
+
+def ours(ckpt: str, tokens: np.ndarray, pixels: np.ndarray):
+    """Logits of a CKPT on one row; pixels uint8 [M, K, H, W, 3]."""
+    params, cfg = load_model_checkpoint(ckpt)
+    out = jax.jit(VLM(cfg).apply)({"params": jax.tree.map(jnp.asarray, params)},
+                                  {"tokens": jnp.asarray(tokens), "images": jnp.asarray(pixels[None])})
+    return np.asarray(out), cfg
+
+
+def pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, dh.SIZE, dh.SIZE, 3), dtype=np.uint8)
+
+
+def same_json(a: str, b: str) -> None:
+    with open(a) as f, open(b) as g:
+        assert json.load(f) == json.load(g), (a, b)
+
+
+def test_palo_mobilevlm_ldpnet(tmp_path):
+    hf = dh.tiny_llava(TorchLDP(32, 64))
+    src = str(tmp_path / "mpalo")
+    dh.save_mobilevlm(hf, src)
+    dh.save_vision(hf, str(tmp_path / "clip"))
+    cli("import", "--format", "palo", "--src", src, "--vision", str(tmp_path / "clip"), "--out", str(tmp_path / "ck"))
+    imgs = pixels(2)
+    toks = prompt(4, 2)  # 3x3 patches -> ldpnet stride 2 -> 2x2 tokens per image
+    a, cfg = ours(str(tmp_path / "ck"), np.where(toks == IMAGE_TOKEN, -200, toks), imgs[:, None])
+    assert cfg.projector.type == "ldpnet" and VLM.tokens_per_image(cfg) == 4
+    b = dh.torch_logits(hf, toks, imgs, cfg.vision.image_mean, cfg.vision.image_std)
+    assert np.abs(a - b).max() < 1e-4
+    cli("export", "--format", "palo", "--src", str(tmp_path / "ck"), "--out", str(tmp_path / "out"))
+    assert_same_tensors(tensors(src), tensors(str(tmp_path / "out")))
+    same_json(os.path.join(src, "config.json"), str(tmp_path / "out" / "config.json"))
+    assert "model.mm_projector.mb_block.2.block.1.fc1.weight" in tensors(str(tmp_path / "out"))
+    # stage-1 file with MobileVLM's projector names, assembled with the tower and the LLM again
+    cli("export", "--format", "palo", "--projector-only", "--src", str(tmp_path / "ck"), "--out", str(tmp_path / "s1"))
+    llm = LlamaForCausalLM(hf.config.text_config)
+    llm.model.load_state_dict(hf.model.language_model.state_dict())
+    llm.lm_head.load_state_dict(hf.lm_head.state_dict())
+    llm.save_pretrained(str(tmp_path / "llm"))
+    cli("assemble", "--vision", str(tmp_path / "clip"), "--llm", str(tmp_path / "llm"), "--projector",
+        str(tmp_path / "s1" / "mm_projector.bin"), "--projector-type", "ldpnet", "--out", str(tmp_path / "asm"))
+    c, _ = ours(str(tmp_path / "asm"), np.where(toks == IMAGE_TOKEN, -200, toks), imgs[:, None])
+    np.testing.assert_array_equal(a, c)
+
+
+def test_vila_mlp_downsample_folders(tmp_path):
+    hf = dh.tiny_llava(TorchDownsample(32, 64), vision="siglip")
+    src = str(tmp_path / "vila")
+    dh.save_vila(hf, src)
+    cli("import", "--format", "vila", "--src", src, "--out", str(tmp_path / "ck"))
+    imgs = pixels(1)
+    toks = prompt(4, 1)  # 3x3 patches, padded to 4x4, 2x2 space-to-channel -> 4 tokens
+    a, cfg = ours(str(tmp_path / "ck"), np.where(toks == IMAGE_TOKEN, -200, toks), imgs[:, None])
+    assert (cfg.projector.type, cfg.vision.kind, cfg.image_token_id) == ("mlp_downsample", "siglip", -200)
+    b = dh.torch_logits(hf, toks, imgs, cfg.vision.image_mean, cfg.vision.image_std)
+    assert np.abs(a - b).max() < 1e-4
+    out = str(tmp_path / "out")
+    cli("export", "--format", "vila", "--src", str(tmp_path / "ck"), "--out", out)
+    same_json(os.path.join(src, "config.json"), os.path.join(out, "config.json"))
+    for part in ("llm", "vision_tower", "mm_projector"):
+        assert_same_tensors(tensors(os.path.join(src, part)), tensors(os.path.join(out, part)))
+        same_json(os.path.join(src, part, "config.json"), os.path.join(out, part, "config.json"))
+    assert os.path.exists(os.path.join(out, "llm", "tokenizer.json"))
+    assert os.path.exists(os.path.join(out, "vision_tower", "preprocessor_config.json"))
+    assert "layers.4.weight" in tensors(os.path.join(out, "mm_projector"))
+
+
+def test_centurio_multiscale_pool_qwen2(tmp_path):
+    hf = dh.tiny_llava(TorchMultiscalePool(32, 64), vision="siglip", text="qwen2")
+    src = str(tmp_path / "centurio")
+    dh.save_centurio(hf, src)
+    cli("import", "--format", "centurio", "--src", src, "--out", str(tmp_path / "ck"))
+    crops = pixels(5)  # one image: global view + 2x2 tiles, in the projector's order
+    toks = prompt(9, 1)
+    a, cfg = ours(str(tmp_path / "ck"), toks, crops[None])
+    assert cfg.projector.type == "multiscale-pool" and cfg.decoder.qkv_bias and cfg.decoder.tie_embeddings
+    b = dh.torch_logits(hf, toks, crops, cfg.vision.image_mean, cfg.vision.image_std)
+    assert np.abs(a - b).max() < 1e-4
+    cli("export", "--format", "centurio", "--src", str(tmp_path / "ck"), "--out", str(tmp_path / "out"))
+    assert_same_tensors(tensors(src), tensors(str(tmp_path / "out")))
+    same_json(os.path.join(src, "config.json"), str(tmp_path / "out" / "config.json"))
+    assert "multi_modal_projector.adapter.linear_2.bias" in tensors(str(tmp_path / "out"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["palo", "vila", "centurio"])
+def test_fresh_configs_reimport_to_the_same_model(tmp_path, fmt):
+    """A CKPT without the source configs (as training writes) exports configs that import back."""
+    builders = {"palo": (TorchLDP(32, 64), "clip", "llama", dh.save_mobilevlm),
+                "vila": (TorchDownsample(32, 64), "siglip", "llama", dh.save_vila),
+                "centurio": (TorchMultiscalePool(32, 64), "siglip", "qwen2", dh.save_centurio)}
+    proj, vision, text, save = builders[fmt]
+    hf = dh.tiny_llava(proj, vision=vision, text=text)
+    save(hf, str(tmp_path / "src"))
+    extra = ["--vision", str(tmp_path / "clip")] if fmt == "palo" else []
+    if fmt == "palo":
+        dh.save_vision(hf, str(tmp_path / "clip"))
+    cli("import", "--format", fmt, "--src", str(tmp_path / "src"), "--out", str(tmp_path / "ck"), *extra)
+    os.remove(tmp_path / "ck" / "conversion.json")
+    os.remove(tmp_path / "ck" / "extra_tensors.safetensors")
+    cli("export", "--format", fmt, "--src", str(tmp_path / "ck"), "--out", str(tmp_path / "out"))
+    cli("import", "--format", fmt, "--src", str(tmp_path / "out"), "--out", str(tmp_path / "ck2"), *extra)
+    (p1, c1), (p2, c2) = load_model_checkpoint(str(tmp_path / "ck")), load_model_checkpoint(str(tmp_path / "ck2"))
+    # the tower is cut after the last layer used (as training checkpoints hold it): same model
+    assert num_layers_used(c2.vision) == num_layers_used(c1.vision)
+    v1 = dataclasses.replace(c1.vision, num_layers=0, select_layer=0)
+    assert (v1, c1.projector, c1.decoder, c1.image_token_id) == (
+        dataclasses.replace(c2.vision, num_layers=0, select_layer=0), c2.projector, c2.decoder, c2.image_token_id)
+    jax.tree.map(np.testing.assert_array_equal, p1, p2)

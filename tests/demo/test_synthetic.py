@@ -1,0 +1,319 @@
+"""The generated demo dataset (demo/world.py, dataset.py, languages.py) and its tokenizer (tools/train_tokenizer.py)."""
+
+import json
+import os
+import random
+import re
+
+import pytest
+from PIL import Image
+from demo.language_scripts import in_language_script
+from demo.languages import LANGUAGES, RIDDLE_SHAPES, WORLD_COLORS, pick, tokenizer_split_words
+
+from demo import make_data as make_demo_data
+from tools import train_tokenizer
+from demo import world as S
+from demo import dataset as F
+
+PARAMS = S.Params(seed=3, num_train=120, num_eval=8)
+QUOTED = re.compile(r'"[^"]*"|“[^”]*”|«[^»]*»|「[^」]*」')  # translation tasks quote a foreign word
+
+
+def _load(root, name):
+    with open(os.path.join(root, name), encoding="utf-8") as f:
+        return json.load(f) if name.endswith(".json") else [json.loads(line) for line in f]
+
+
+def _lang(record):
+    return LANGUAGES[record["id"].rsplit("-", 1)[1]]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("demo_data"))
+    manifest = F.write_dataset(root, PARAMS)
+    return root, manifest
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(data):
+    root, _ = data
+    out, trained = train_tokenizer.build_tokenizer(
+        [os.path.join(root, "align.json"), os.path.join(root, "sft.json")], os.path.join(root, "tokenizer"), 800,
+        split_words=tokenizer_split_words())
+    assert trained
+    return out
+
+
+def _all_texts(root):
+    for name in ("align.json", "sft.json"):
+        for record in _load(root, name):
+            for turn in record["conversations"]:
+                yield _lang(record), turn["value"].replace(S.IMAGE_TOKEN + "\n", "")
+    for lang in LANGUAGES.values():
+        for name in ("question.jsonl", "answers.jsonl"):
+            for row in _load(root, f"eval/{lang.name}/{name}"):
+                yield lang, row["text"]
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+def test_deterministic_and_independent_of_workers(data, tmp_path):
+    root, manifest = data
+    again = F.write_dataset(str(tmp_path / "a"), PARAMS, workers=2)
+    assert again["content_hash"] == manifest["content_hash"] == F.dataset_hash(root, manifest)
+    for rel in F.dataset_files(root, manifest)[:5] + ["sft.json", "eval/urdu/answers.jsonl"]:
+        with open(os.path.join(root, rel), "rb") as f1, open(tmp_path / "a" / rel, "rb") as f2:
+            assert f1.read() == f2.read(), rel
+    other = F.write_dataset(str(tmp_path / "b"), S.Params(seed=4, num_train=120, num_eval=8))
+    assert other["content_hash"] != manifest["content_hash"]
+
+
+def test_reuse_and_verification(tmp_path):
+    root, params = str(tmp_path), S.Params(seed=1, num_train=12, num_eval=4)
+    F.write_dataset(root, params)
+    stamp = os.path.getmtime(os.path.join(root, "sft.json"))
+    assert F.is_complete(root, params, verify=True)
+    F.write_dataset(root, params)
+    assert os.path.getmtime(os.path.join(root, "sft.json")) == stamp  # reused, not rewritten
+    assert not F.is_complete(root, S.Params(seed=1, num_train=13, num_eval=4))
+    with open(os.path.join(root, "images/000003.png"), "ab") as f:
+        f.write(b"x")
+    assert F.is_complete(root, params) and not F.is_complete(root, params, verify=True)
+    os.remove(os.path.join(root, "eval/hindi/question.jsonl"))
+    assert not F.is_complete(root, params)
+
+
+def test_llava_json(data):
+    root, manifest = data
+    ids = set()
+    for name in ("align.json", "sft.json"):
+        records = _load(root, name)
+        assert len(records) == manifest["counts"][name[:-5]]
+        for r in records:
+            assert r["id"] not in ids
+            ids.add(r["id"])
+            conv = r["conversations"]
+            assert len(conv) % 2 == 0 and conv
+            assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
+            text = "".join(t["value"] for t in conv)
+            if "image" in r:
+                assert os.path.isfile(os.path.join(root, "images", r["image"]))
+                assert conv[0]["value"].startswith("<image>\n") and text.count("<image>") == 1
+            else:
+                assert name == "sft.json" and "<image>" not in text
+    text_only = [r for r in _load(root, "sft.json") if "image" not in r]
+    assert len(text_only) == manifest["counts"]["sft_text_only"] == PARAMS.num_text_only > 0
+
+
+def test_every_language_in_its_script(data):
+    root, _ = data
+    seen = {name: set() for name in ("align.json", "sft.json")}
+    for name in seen:
+        for r in _load(root, name):
+            lang = _lang(r)
+            seen[name].add(lang.code)
+            for turn in r["conversations"]:
+                text = QUOTED.sub("", turn["value"].replace("<image>\n", ""))
+                assert in_language_script(text, lang.code), (lang.code, turn["value"])
+    assert seen["align.json"] == seen["sft.json"] == set(LANGUAGES)
+
+
+def _lexicon(lang):
+    words = set(lang.colors) | set(getattr(lang, "colors_f", ())) | set(lang.shapes) | set(lang.numbers)
+    return words | set(lang.sides) | {a for _, a in lang.world}
+
+
+def test_answers_are_in_the_language_of_the_question(data):
+    root, _ = data
+    for r in _load(root, "sft.json"):
+        lang = _lang(r)
+        for human, gpt in zip(r["conversations"][::2], r["conversations"][1::2]):
+            if lang.describe_prompts.count(human["value"].replace("<image>\n", "")):
+                assert in_language_script(gpt["value"], lang.code)  # a caption
+            else:
+                assert gpt["value"] in _lexicon(lang), (lang.code, human["value"], gpt["value"])
+
+
+def test_grammar_spot_checks():
+    rng = random.Random(0)
+    fr, es, ru, ar, en = (LANGUAGES[c] for c in ("fr", "es", "ru", "ar", "en"))
+    star, circle, green, orange = 3, 0, 1, 5
+    assert fr.ask_color(green, star, rng)[1] == "verte" and fr.ask_color(green, circle, rng)[1] == "vert"
+    assert es.ask_color(0, star, rng)[1] == "roja" and ru.ask_color(2, star, rng)[1] == "синяя"
+    assert ar.ask_color(0, circle, rng)[1] == "أحمر"  # the colour noun, whatever the shape's gender
+    assert ru.caption([(2, star)], random.Random(1)).lower().endswith("синяя звезда.")
+    assert "دائرة حمراء" in ar.caption([(0, circle)], rng)
+    assert "an orange star" in en.caption([(orange, star)], rng).lower()
+    q = {fr.ask_position(star, 0, random.Random(i))[0] for i in range(8)}
+    assert q == {"L'étoile est-elle à gauche ou à droite ?", "L'étoile est-elle à droite ou à gauche ?"}
+    assert es.ask_position(star, 2, rng)[1] == "arriba" and "¿La estrella está" in es.ask_position(star, 2, rng)[0]
+    for lang in LANGUAGES.values():  # text-only answers name the intended colour / shape
+        for (_, answer), c in zip(lang.world, WORLD_COLORS):
+            forms = {lang.colors[c], getattr(lang, "colors_f", lang.colors)[c]} | ({"синее"} if lang.code == "ru" else set())
+            assert answer in forms, (lang.code, answer)
+        assert len(lang.riddles) == len(RIDDLE_SHAPES) and len(set(lang.colors)) == len(lang.colors) == 6
+
+
+def test_languages_whose_questions_open_with_the_object_get_more_examples():
+    counts = {}
+    for index in range(3000):
+        lang = S.make_train_example(S.Params(num_train=10 ** 6), index).sft["id"].rsplit("-", 1)[1]
+        counts[lang] = counts.get(lang, 0) + 1
+    weights = {code: S.TRAIN_LANGUAGE_WEIGHTS.get(code, 1) for code in LANGUAGES}
+    for code, w in weights.items():
+        expected = 3000 * w / sum(weights.values())
+        assert abs(counts[code] - expected) < 4 * expected ** 0.5, (code, counts[code], expected)
+    assert weights["hi"] > weights["en"]
+
+
+def test_eval_layout(data):
+    root, _ = data
+    reference_ids = None
+    for lang in LANGUAGES.values():
+        questions = _load(root, f"eval/{lang.name}/question.jsonl")
+        answers = _load(root, f"eval/{lang.name}/answers.jsonl")
+        assert [set(q) for q in questions] == [{"question_id", "image", "text", "category"}] * PARAMS.num_eval
+        assert [set(a) for a in answers] == [{"question_id", "text", "category"}] * PARAMS.num_eval
+        ids = [q["question_id"] for q in questions]
+        assert ids == [a["question_id"] for a in answers] and len(set(ids)) == len(ids)
+        assert reference_ids in (None, ids)  # parallel across languages, as PALO's
+        reference_ids = ids
+        assert {q["category"] for q in questions} == set(S.CATEGORIES)
+        for q, a in zip(questions, answers):
+            assert os.path.isfile(os.path.join(root, "eval/images", q["image"]))
+            assert "<image>" not in q["text"] and in_language_script(q["text"], lang.code)
+            assert a["text"] in _lexicon(lang) and q["category"] == a["category"]
+    assert len(os.listdir(os.path.join(root, "eval"))) == len(LANGUAGES) + 1  # + images/
+
+
+def test_images_show_their_colours(data):
+    root, _ = data
+    for i in range(10):
+        scene = S.make_train_example(PARAMS, i).scene
+        img = Image.open(os.path.join(root, "images", f"{i:06d}.png"))
+        side = PARAMS.image_size
+        assert img.size == (side, side) and img.mode == "RGB"
+        for o in scene.objs:
+            pixel = img.getpixel((int(o.cx * side), int(o.cy * side)))
+            expected = S.RGB[S.COLORS[o.color]]
+            assert max(abs(p - e) for p, e in zip(pixel, expected)) <= 2, (i, o, pixel)
+
+
+def test_score_normalisation():
+    assert S.exact_match(" Rouge. ", "rouge") and S.exact_match("红色。", "红色") and S.exact_match("लाल।", "लाल")
+    assert S.exact_match("سرخ۔", "سرخ") and S.exact_match("أحمر؟", "أحمر") and S.exact_match("ＲＥＤ！", "red")
+    assert S.exact_match("à  gauche !", "À gauche") and not S.exact_match("red circle", "red")
+    refs = [{"question_id": 0, "text": "rouge", "category": "color"}, {"question_id": 1, "text": "une", "category": "count"},
+            {"question_id": 2, "text": "cercle", "category": "shape"}]
+    score = S.score_answers({0: "Rouge.", 1: "deux"}, refs)
+    assert score["count"] == 3 and score["accuracy"] == pytest.approx(1 / 3)
+    assert score["per_category"] == {"color": 1.0, "count": 0.0, "shape": 0.0}
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_round_trips_every_language(data, tokenizer_dir):
+    import sentencepiece as spm
+
+    root, _ = data
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tokenizer_dir, "tokenizer.model"))
+    assert sp.get_piece_size() == 800
+    assert [sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id(), sp.piece_to_id("<image>")] == [0, 1, 2, 3, 4]
+    covered = set()
+    for lang, text in _all_texts(root):
+        assert sp.decode(sp.encode(text)) == text
+        covered.add(lang.code)
+    assert covered == set(LANGUAGES)
+    for odd in ("emoji 🙂 and tabs\tand  double  spaces ", "ελληνικά ไทย 한국어", "\nnewline first"):
+        assert sp.decode(sp.encode(odd)) == odd  # byte fallback: unseen characters survive
+
+
+def test_tokenizer_loads_with_autotokenizer_and_matches_sentencepiece(data, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    root, _ = data
+    hf = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert (hf.unk_token_id, hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (0, 1, 2, 3)
+    assert hf.convert_tokens_to_ids("<image>") == 4 and len(hf) == 800
+    texts = sorted({text for _, text in _all_texts(root)})
+    assert train_tokenizer.check_hf_matches(tokenizer_dir, texts + ["\n" + t for t in texts[::10]]) == []
+    for text in texts[::50]:
+        assert hf.decode(hf(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_tokenizer_keeps_chinese_and_japanese_slot_words_apart(data, tokenizer_dir):
+    """Without split words, BPE on the templated corpus learns whole CJK questions as one piece."""
+    import sentencepiece as spm
+
+    root, _ = data
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tokenizer_dir, "tokenizer.model"))
+    words = re.compile("|".join(map(re.escape, sorted(tokenizer_split_words(), key=len, reverse=True))))
+    checked = 0
+    for lang, text in _all_texts(root):
+        if lang.spaced:
+            continue
+        pieces = sp.encode(text, return_type="proto").pieces
+        starts, ends = {p.begin for p in pieces}, {p.end for p in pieces}  # UTF-8 byte offsets
+        for m in words.finditer(text):
+            begin, end = (len(text[:i].encode()) for i in m.span())
+            assert begin in starts and end in ends, (text, m.group(0), [p.piece for p in pieces])
+            checked += 1
+    assert checked > 100
+
+
+def test_tokenizer_is_deterministic_and_reused(data, tokenizer_dir, tmp_path):
+    root, _ = data
+    paths = [os.path.join(root, "align.json"), os.path.join(root, "sft.json")]
+    words = tokenizer_split_words()
+    assert train_tokenizer.build_tokenizer(paths, tokenizer_dir, 800, split_words=words) == (tokenizer_dir, False)
+    assert train_tokenizer.build_tokenizer(paths, tokenizer_dir, 800)[1]  # other split words: retrained
+    train_tokenizer.build_tokenizer(paths, tokenizer_dir, 800, split_words=words)
+    train_tokenizer.build_tokenizer(paths, str(tmp_path), 800, split_words=words)
+    with open(os.path.join(tokenizer_dir, "tokenizer.model"), "rb") as a, open(tmp_path / "tokenizer.model", "rb") as b:
+        assert a.read() == b.read()
+
+
+# ----------------------------------------------------------------------------- CLIs
+
+
+def test_make_demo_data_cli(tmp_path, capsys):
+    out = str(tmp_path / "d")
+    args = ["--out", out, "--num-train", "10", "--num-eval", "4", "--vocab-size", "500", "--quiet"]
+    assert make_demo_data.main(args) == 0
+    assert make_demo_data.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "reusing dataset" in printed and "reusing tokenizer" in printed
+    assert os.path.isfile(os.path.join(out, "tokenizer", "tokenizer_config.json"))
+    for bad in (["--num-train", "0"], ["--image-size", "32"], ["--text-only-fraction", "1.5"], []):
+        with pytest.raises(SystemExit) as e:
+            make_demo_data.main((["--out", out] if bad else []) + bad)
+        assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        make_demo_data.main(["--help"])
+    assert e.value.code == 0
+
+
+def test_train_tokenizer_cli_errors(tmp_path):
+    for bad in ([], ["--json", str(tmp_path / "missing.json"), "--out", str(tmp_path)], ["--data", str(tmp_path)]):
+        with pytest.raises(SystemExit) as e:
+            train_tokenizer.main(bad)
+        assert e.value.code == 2
+
+
+def test_no_answer_can_be_read_off_an_earlier_turn():
+    """Multi-turn conversations must be answered from the image: a colour or shape answer never
+    appears in the text before it (a colour question names the object's shape, and so on)."""
+    multi = 0
+    for i in range(400):
+        rng = random.Random(i)
+        scene, lang = S.random_scene(rng), LANGUAGES[pick(rng, list(LANGUAGES))]
+        conv = S.sft_conversation(scene, lang, rng)
+        multi += len(conv) > 2
+        for t in range(1, len(conv), 2):
+            answer, before = conv[t]["value"], " ".join(c["value"] for c in conv[:t])
+            if answer in set(lang.colors) | set(getattr(lang, "colors_f", ())) | set(lang.shapes):
+                assert answer not in before, (lang.code, conv)
+    assert multi > 100
