@@ -5,9 +5,14 @@
 
 Questions: one JSON object a line with `question_id`, `text`, optional `image` and `category`, and
 optionally a ground truth (`answer`, `answers`, `label` or `gt_answer`). Answers: `question_id`,
-`prompt`, `text`, `answer_id`, `model_id`, `metadata`, appended as they are generated; a re-run skips
-questions already answered. Without `<image>` in the text, the image goes first ("<image>\\n" + text),
-as LLaVA's model_vqa does.
+`prompt`, `text`, `answer_id`, `model_id`, `metadata`, appended batch by batch as they are generated; a
+re-run skips questions already answered. Without `<image>` in the text, the image goes first
+("<image>\\n" + text), as LLaVA's model_vqa does.
+
+A question that cannot be asked (an unreadable image, a tag/image-count mismatch, an empty question, a
+prompt longer than the model's context) gets a record with an empty `text` and an `error` naming the
+reason; the others are answered, and the run exits 1 with the count of failed questions. A re-run asks
+the failed questions again.
 
 `--questions DIR` in PALO's layout (`DIR/<language>/question.jsonl`) is evaluated language by
 language into `--answers OUT/` (`OUT/<language>.jsonl`; images from `IMAGE_FOLDER/<language>/` when
@@ -22,9 +27,9 @@ import json
 import math
 import os
 import sys
-import uuid
 from typing import Optional
 
+from infer import answers as answers_lib
 from infer import options
 
 GT_KEYS = ("answer", "answers", "label", "gt_answer")
@@ -52,22 +57,56 @@ def get_chunk(items: list, n: int, k: int) -> list:
     return items[k * size : (k + 1) * size]
 
 
-def read_jsonl(path: str, parser=None) -> list[dict]:
+def read_jsonl(path: str) -> list[dict]:
+    """The JSON objects of a file, one a line (lines that are not one are skipped)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
             try:
-                rec = json.loads(line)
+                rec = json.loads(line) if line.strip() else None
             except ValueError:
                 rec = None
-            if not isinstance(rec, dict):
-                if parser:
-                    parser.error(f"{path}:{n}: not a JSON object")
-                continue
-            out.append(rec)
+            if isinstance(rec, dict):
+                out.append(rec)
     return out
+
+
+def read_questions(path: str) -> list[dict]:
+    """A question file, checked whole: exits 2 naming the file and line of the first bad question."""
+    out, seen = [], {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except (OSError, UnicodeDecodeError) as e:
+        options.fail(f"{path}: cannot read questions: {e}")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+        except ValueError:
+            q = None
+        where = f"{path}:{n}"
+        if not isinstance(q, dict):
+            options.fail(f"{where}: not a JSON object")
+        qid = q.get("question_id")
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+            options.fail(f"{where}: question_id must be a string or an integer, got {qid!r}")
+        if qid in seen:
+            options.fail(f"{where}: question_id {qid!r} again (first on line {seen[qid]})")
+        seen[qid] = n
+        if not isinstance(q.get("text"), str):
+            options.fail(f"{where}: question {qid!r} needs a string text")
+        ims = q.get("images")
+        if (q.get("image") is not None and not isinstance(q["image"], str)) or (
+                ims is not None and not (isinstance(ims, list) and all(isinstance(i, str) for i in ims))):
+            options.fail(f"{where}: question {qid!r}: image must be a path, images a list of paths")
+        out.append(q)
+    return out
+
+
+def image_paths(q: dict) -> list[str]:
+    return [q["image"]] if q.get("image") else list(q.get("images") or [])
 
 
 def ground_truth(q: dict):
@@ -86,43 +125,63 @@ def scores_path(answers: str) -> str:
     return base + ".scores.json"
 
 
-def answer_questions(args, m, template, sc, questions: list[dict], out_path: str, image_folder: str, desc: str):
+def answer_questions(args, m, template, sc, questions: list[dict], out_path: str, image_folder: str,
+                     desc: str) -> int:
+    """Append the answers of the questions not answered yet to out_path -> answers cut at the context."""
     from tqdm import tqdm
 
     from infer import runner
 
-    done = set()
-    if os.path.exists(out_path):
-        done = {a.get("question_id") for a in read_jsonl(out_path)}
+    try:
+        done, _ = answers_lib.resume(out_path)
+    except answers_lib.AnswersFileError as e:
+        options.fail(str(e))
     todo = [q for q in questions if q["question_id"] not in done]
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    model_id = args.model_id or m.name
+    rows_per_batch = min(args.batch_size, len(todo))  # one compiled shape, never more rows than questions
+    cut = 0
     bar = tqdm(total=len(questions), initial=len(questions) - len(todo), desc=desc, unit="q", file=sys.stderr)
     with open(out_path, "a", encoding="utf-8") as out:
         for start in range(0, len(todo), args.batch_size):
             part = todo[start : start + args.batch_size]
-            rows = []
-            for q in part:
-                ims = [q["image"]] if q.get("image") else list(q.get("images") or [])
-                rows.append((runner.prompt_ids(m, template, q["text"], len(ims)),
-                             [runner.load_image(m, os.path.join(image_folder, p)) for p in ims]))
-            outs = runner.run(m, template, rows, sc, args.seed + start, num_rows=args.batch_size)
-            for q, ids in zip(part, outs):
-                rec = {"question_id": q["question_id"], "prompt": q["text"], "text": runner.decode_text(m, template, ids),
-                       "answer_id": uuid.uuid4().hex[:22], "model_id": args.model_id or m.name, "metadata": {}}
-                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            out.flush()
+            rows, errors = [], {}
+            for i, q in enumerate(part):
+                try:
+                    rows.append(runner.prepare(m, template, q["text"],
+                                               [os.path.join(image_folder, p) for p in image_paths(q)]))
+                except runner.BadPrompt as e:
+                    errors[i] = str(e)
+            outs = iter(runner.run(m, template, rows, sc, args.seed + start, num_rows=rows_per_batch) if rows else [])
+            prompts = iter(rows)
+            records = []
+            for i, q in enumerate(part):
+                if i in errors:
+                    records.append(answers_lib.record(q, "", model_id, error=errors[i]))
+                    continue
+                ids, (prompt, _) = next(outs), next(prompts)
+                cut += len(ids) == runner.room(m, prompt) < sc.max_new_tokens
+                records.append(answers_lib.record(q, runner.decode_text(m, template, ids), model_id))
+            answers_lib.append(out, records)
             bar.update(len(part))
     bar.close()
+    return cut
 
 
 def score_answers(questions: list[dict], answers_path: str, kind: str) -> dict:
     """{"overall": {...}, "categories": {cat: {...}}} over the answered questions with a ground truth."""
     from infer import scorers
 
-    answers = {a["question_id"]: a["text"] for a in read_jsonl(answers_path)} if os.path.exists(answers_path) else {}
+    recs = read_jsonl(answers_path) if os.path.exists(answers_path) else []
+    answers = {a["question_id"]: a.get("text", "") for a in recs if "error" not in a}
+    failed = {a["question_id"]: a["error"] for a in recs if "error" in a}
     rows = [(q, answers[q["question_id"]]) for q in questions if q["question_id"] in answers]
     scored = [(q, a) for q, a in rows if ground_truth(q) is not None]
     out = {"answered": len(rows), "questions": len(questions)}
+    errors = [(q["question_id"], failed[q["question_id"]]) for q in questions if q["question_id"] in failed]
+    if errors:
+        out["failed"] = len(errors)
+        out["first_error"] = {"question_id": errors[0][0], "error": errors[0][1]}
     if kind == "none" or not scored:
         return out
     gts = [ground_truth(q) for q, _ in scored]
@@ -159,7 +218,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     options.check(args, parser)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
-    if os.path.isdir(args.questions):
+    multilingual = os.path.isdir(args.questions)
+    if multilingual and os.path.exists(args.answers) and not os.path.isdir(args.answers):
+        options.fail(f"--answers {args.answers} is a file; with a folder of questions it is the answers folder")
+    if not multilingual and os.path.isdir(args.answers):
+        options.fail(f"--answers {args.answers} is a folder; give the answers .jsonl file")
+    if multilingual:
         languages = sorted(d for d in os.listdir(args.questions)
                            if os.path.isfile(os.path.join(args.questions, d, "question.jsonl")))
         if not languages:
@@ -169,24 +233,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         sets = [(None, args.questions)]
     else:
         parser.error(f"--questions {args.questions}: no such file or folder")
-    questions = {lang: get_chunk(read_jsonl(path, parser), args.num_chunks, args.chunk_idx) for lang, path in sets}
-    for lang, qs in questions.items():
-        for q in qs:
-            if not isinstance(q.get("text"), str) or "question_id" not in q:
-                parser.error(f"{lang or args.questions}: question {q.get('question_id')!r} needs question_id and text")
+    questions = {lang: get_chunk(read_questions(path), args.num_chunks, args.chunk_idx) for lang, path in sets}
 
-    missing = [os.path.join(_image_folder(args, lang), im) for lang, qs in questions.items() for q in qs
-               for im in ([q["image"]] if q.get("image") else list(q.get("images") or []))
-               if not os.path.isfile(os.path.join(_image_folder(args, lang), im))]
-    if missing:
+    wanted = [os.path.join(_image_folder(args, lang), im) for lang, qs in questions.items() for q in qs
+              for im in image_paths(q)]
+    missing = [p for p in wanted if not os.path.isfile(p)]
+    if missing and len(missing) == len(wanted):  # none there: the folder is wrong (a few: those questions fail)
         parser.error(f"{len(missing)} images not found, e.g. {missing[0]} (check --image-folder)")
 
     m, template, sc = options.load(args)
 
-    summary = {}
+    summary, cut = {}, 0
     for lang, qs in questions.items():
         path = answer_file(args, lang)
-        answer_questions(args, m, template, sc, qs, path, _image_folder(args, lang), desc=lang or "eval")
+        cut += answer_questions(args, m, template, sc, qs, path, _image_folder(args, lang), desc=lang or "eval")
         summary[lang or "all"] = score_answers(qs, path, args.scorer)
 
     result = summary if len(summary) > 1 or "all" not in summary else summary["all"]
@@ -194,8 +254,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         json.dump(result, f, indent=2)
     print(f"{'language' if len(sets) > 1 or sets[0][0] else 'set':<10} {'answered':>9}  score")
     for name, s in summary.items():
-        print(f"{name:<10} {s['answered']:>4}/{s['questions']:<4}  {_headline(s)}")
+        failed = f"  ({s['failed']} failed)" if s.get("failed") else ""
+        print(f"{name:<10} {s['answered']:>4}/{s['questions']:<4}  {_headline(s)}{failed}")
     print(f"answers: {args.answers}  scores: {scores_path(args.answers)}", file=sys.stderr)
+    from infer import runner
+
+    if cut:
+        print(f"warning: {cut} answer{'s' * (cut > 1)} cut at the model's context of {runner.context_length(m)} "
+              f"tokens (prompt + --max-new-tokens {args.max_new_tokens} is longer)", file=sys.stderr)
+    failed = sum(s.get("failed", 0) for s in summary.values())
+    if failed:
+        first = next(s["first_error"] for s in summary.values() if s.get("failed"))
+        print(f"error: {failed} of {sum(s['questions'] for s in summary.values())} questions failed (their records "
+              f"in {args.answers} have an `error`; a rerun asks them again), e.g. question {first['question_id']!r}: "
+              f"{first['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

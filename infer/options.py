@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from typing import NoReturn
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -18,11 +20,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_decoding_options(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"at most this many tokens per answer (default {max_new_tokens}). The model's context "
+                        "(max_position_embeddings) bounds prompt + answer: a value that leaves no room for a prompt "
+                        "exits 2, a prompt that fills the context is an error (prompt_too_long), an answer that "
+                        "reaches the context is cut there with a warning")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=int, default=0)
+
+
+def fail(message: str) -> NoReturn:
+    """Bad input the user named (a file, a folder, a model): one line, exit 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -35,13 +47,27 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
                        ("--vision", args.vision)):
         if path and not os.path.isdir(path):
             parser.error(f"{flag} {path}: no such folder")
+    if args.template:
+        from vlm_jax.data import templates
+
+        try:
+            templates.get_template(args.template)
+        except KeyError:
+            parser.error(f"--template {args.template}: unknown (known: {', '.join(sorted(templates.TEMPLATES))})")
 
 
 def load(args: argparse.Namespace):
-    """(model, template, sampling config) as the options say."""
+    """(model, template, sampling config) as the options say; a folder that holds no model, or a
+    --max-new-tokens that leaves no room in the model's context, exits 2 with one line."""
     from infer import runner
 
-    m = runner.load(args.checkpoint, args.hf, args.tokenizer, args.vision)
+    try:
+        m = runner.load(args.checkpoint, args.hf, args.tokenizer, args.vision)
+    except FileNotFoundError as e:
+        fail(str(e))
+    if args.max_new_tokens >= runner.context_length(m):
+        fail(f"--max-new-tokens {args.max_new_tokens}: the model's context is {runner.context_length(m)} tokens "
+             "(max_position_embeddings), which leaves no room for a prompt")
     if args.image_aspect:
         m.aspect = args.image_aspect
     template = args.template or runner.default_template(m.tokenizer)

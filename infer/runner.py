@@ -3,6 +3,9 @@ turn (question, images) into prompt ids with image placeholders, batch, generate
 
 Batches are left-padded to a multiple of `PAD_TO` and filled up to a fixed row count so that a
 long evaluation compiles the prefill and the decode loop only a few times.
+
+The model's context is its `max_position_embeddings`: a prompt that fills it is a `BadPrompt`; an answer
+that would run past it is cut there (`run` returns at most `room(m, prompt)` new tokens per row).
 """
 
 from __future__ import annotations
@@ -21,9 +24,15 @@ from vlm_jax import generate as gen
 from vlm_jax.config import ModelConfig
 from vlm_jax.data import images as img_lib
 from vlm_jax.data import templates
+from vlm_jax.data.errors import SkipExample
 from vlm_jax.tokenizer import IMAGE_TOKEN, load_tokenizer
 
 PAD_TO = 32
+
+
+class BadPrompt(ValueError):
+    """A question that cannot be asked as given; the message starts with a named reason
+    (empty_question, image_tag_mismatch, prompt_too_long, missing_image, not_an_image, ...)."""
 
 
 @dataclasses.dataclass
@@ -99,12 +108,24 @@ def tokens_per_image(cfg: ModelConfig) -> int:
     return VLM.tokens_per_image(cfg)
 
 
+def context_length(m: Loaded) -> int:
+    return int(m.cfg.decoder.max_position_embeddings)
+
+
+def room(m: Loaded, prompt: np.ndarray) -> int:
+    """New tokens that fit in the model's context after `prompt`."""
+    return context_length(m) - len(prompt)
+
+
 def prompt_ids(m: Loaded, template: str, text: str, num_images: int) -> np.ndarray:
     """Question text (with or without `<image>` tags) -> prompt ids, every image as its N placeholders.
     Without tags, LLaVA's convention: the images go first, each as "<image>\\n"."""
     tags = text.count(IMAGE_TOKEN)
     if tags and tags != num_images:
-        raise ValueError(f"the prompt has {tags} {IMAGE_TOKEN} tags but {num_images} images were given")
+        raise BadPrompt(f"image_tag_mismatch: the prompt has {tags} {IMAGE_TOKEN} tags but {num_images} images "
+                        "were given")
+    if not text.strip() and not num_images:
+        raise BadPrompt("empty_question: no text and no image")
     if not tags:
         text = (IMAGE_TOKEN + "\n") * num_images + text
     ids = templates.generation_prompt([{"from": "human", "value": text}], template, m.tokenizer)
@@ -116,12 +137,30 @@ def prompt_ids(m: Loaded, template: str, text: str, num_images: int) -> np.ndarr
 
 
 def load_image(m: Loaded, path: str) -> np.ndarray:
-    """-> uint8 [K, H, W, 3]."""
+    """-> uint8 [K, H, W, 3]; an unreadable or undecodable file is a BadPrompt naming it."""
     v = m.cfg.vision
     tiling = "2x2" if m.cfg.projector.type == "multiscale-pool" else "none"
-    with open(path, "rb") as f:
-        img = img_lib.decode(f.read(), path)
+    try:
+        with open(path, "rb") as f:
+            img = img_lib.decode(f.read(), path)
+    except OSError as e:
+        raise BadPrompt(f"missing_image: {path}: {e.strerror or e}") from None
+    except SkipExample as e:
+        raise BadPrompt(str(e)) from None
     return img_lib.crops(img, m.aspect, v.image_size, v.image_mean, tiling)
+
+
+def prepare(m: Loaded, template: str, text: str, image_paths: Sequence[str]) -> tuple[np.ndarray, list]:
+    """(question, image files) -> a row for `run`: (prompt ids, crops per image); BadPrompt if it
+    cannot be asked (the cheap checks first, the images last)."""
+    try:
+        ids = prompt_ids(m, template, text, len(image_paths))
+    except templates.TemplateError as e:
+        raise BadPrompt(f"template_error: {e}") from None
+    if room(m, ids) < 1:
+        raise BadPrompt(f"prompt_too_long: {len(ids)} tokens, the model's context is {context_length(m)} "
+                        "(max_position_embeddings)")
+    return ids, [load_image(m, p) for p in image_paths]
 
 
 def make_batch(m: Loaded, rows: Sequence[tuple[np.ndarray, list]], num_rows: Optional[int] = None) -> dict:
@@ -167,8 +206,8 @@ def decode_text(m: Loaded, template: str, ids) -> str:
 
 def run(m: Loaded, template: str, rows, sc: gen.SamplingConfig, seed: int = 0, num_rows: Optional[int] = None,
         stream: Optional[Callable[[int, list], None]] = None, chunk: int = 8) -> list[list[int]]:
-    """Generate for `rows` (see make_batch) -> generated ids per row (the stop token included).
-    `stream(row, ids_so_far)` is called after every decoded segment when given."""
+    """Generate for `rows` (see make_batch) -> generated ids per row (the stop token included), each
+    cut at the model's context. `stream(row, ids_so_far)` is called after every decoded segment when given."""
     batch = make_batch(m, rows, num_rows)
 
     def on_tokens(state):
@@ -179,4 +218,4 @@ def run(m: Loaded, template: str, rows, sc: gen.SamplingConfig, seed: int = 0, n
     state = gen.generate(m.cfg, m.params, batch, sc, jax.random.key(seed), chunk=chunk if stream else 0,
                          on_tokens=on_tokens if stream else None)
     toks, num = np.asarray(state.tokens), np.asarray(state.num_tokens)
-    return [[int(t) for t in toks[i, : num[i]]] for i in range(len(rows))]
+    return [[int(t) for t in toks[i, : min(num[i], room(m, rows[i][0]))]] for i in range(len(rows))]

@@ -9,6 +9,7 @@ as its placeholder ids; generated ids with the stop token, as HF generate return
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -108,32 +109,62 @@ def main(argv: Optional[list[str]] = None) -> int:
     from infer import runner
 
     m, template, sc = options.load(args)
-    try:
-        rows = [(runner.prompt_ids(m, template, text, len(ims)), [runner.load_image(m, p) for p in ims])
-                for text, ims in prompts]
-    except (ValueError, KeyError) as e:
-        parser.error(str(e))
+    prepared = []  # (text, row or None, error or None)
+    for text, ims in prompts:
+        try:
+            prepared.append((text, runner.prepare(m, template, text, ims), None))
+        except runner.BadPrompt as e:
+            if len(prompts) == 1:
+                options.fail(str(e))
+            prepared.append((text, None, str(e)))
 
-    if len(rows) == 1 and not args.json:
+    if len(prompts) == 1 and not args.json:
+        row = prepared[0][1]
+        room = runner.room(m, row[0])
         streamer = _Streamer(m, template)
-        out = runner.run(m, template, rows, sc, args.seed, stream=lambda i, ids: streamer(i, ids))
+        out = runner.run(m, template, [row], dataclasses.replace(sc, max_new_tokens=min(sc.max_new_tokens, room)),
+                         args.seed, stream=lambda i, ids: streamer(i, ids))
         streamer.finish(out[0])
+        if len(out[0]) == room < sc.max_new_tokens:
+            _warn_cut(m, 1, args)
         return 0
-    bs = min(args.batch_size, len(rows))
-    bar = tqdm(total=len(rows), desc="generate", unit="prompt", file=sys.stderr, disable=len(rows) <= bs)
-    for start in range(0, len(rows), bs):
-        chunk = rows[start : start + bs]
-        outs = runner.run(m, template, chunk, sc, args.seed + start, num_rows=bs)
-        for (ids, _), gen_ids, (text, _) in zip(chunk, outs, prompts[start : start + bs]):
+    rows_per_batch = min(args.batch_size, sum(row is not None for _, row, _ in prepared)) or 1
+    failed, cut = [], 0
+    bar = tqdm(total=len(prepared), desc="generate", unit="prompt", file=sys.stderr,
+               disable=len(prepared) <= args.batch_size)
+    for start in range(0, len(prepared), args.batch_size):
+        part = prepared[start : start + args.batch_size]
+        ok = [row for _, row, _ in part if row is not None]
+        outs = iter(runner.run(m, template, ok, sc, args.seed + start, num_rows=rows_per_batch) if ok else [])
+        for text, row, error in part:
+            if error is not None:
+                failed.append(error)
+                print(json.dumps({"prompt": text, "error": error}, ensure_ascii=False) if args.json
+                      else f"### {text}\nerror: {error}\n", flush=True)
+                continue
+            gen_ids = next(outs)
+            cut += len(gen_ids) == runner.room(m, row[0]) < sc.max_new_tokens
             answer = runner.decode_text(m, template, gen_ids)
             if args.json:
-                print(json.dumps({"prompt_token_ids": [int(t) for t in ids], "token_ids": gen_ids, "text": answer},
+                print(json.dumps({"prompt_token_ids": [int(t) for t in row[0]], "token_ids": gen_ids, "text": answer},
                                  ensure_ascii=False), flush=True)
             else:
                 print(f"### {text}\n{answer}\n", flush=True)
-        bar.update(len(chunk))
+        bar.update(len(part))
     bar.close()
+    if cut:
+        _warn_cut(m, cut, args)
+    if failed:
+        print(f"error: {len(failed)} of {len(prepared)} prompts failed, e.g. {failed[0]}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _warn_cut(m, n: int, args) -> None:
+    from infer import runner
+
+    print(f"warning: {n} answer{'s' * (n > 1)} cut at the model's context of {runner.context_length(m)} tokens "
+          f"(prompt + --max-new-tokens {args.max_new_tokens} is longer)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def our_config(hf) -> ModelConfig:
                               num_kv_heads=tc.num_key_value_heads, rms_norm_eps=tc.rms_norm_eps,
                               rope_theta=float(rope.get("rope_theta", 10000.0)),
                               rope_scaling=dict(rope) if rope.get("rope_type", "default") != "default" else None,
+                              max_position_embeddings=tc.max_position_embeddings,
                               qkv_bias=tc.model_type == "qwen2", tie_embeddings=bool(tc.tie_word_embeddings),
                               bos_token_id=1, eos_token_id=2, pad_token_id=0),
         image_token_id=IMAGE_ID,
@@ -159,3 +160,12 @@ def write_image(path: str, size: int = 28, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (size, size + 6 * seed % 11, 3), dtype=np.uint8)).save(path)
     return path
+
+
+def write_checkpoint(folder: str, arch: str = "clip-llama") -> str:
+    """The tiny model of `arch` as a CKPT folder with the word-level tokenizer (folder/ckpt)."""
+    from vlm_jax.checkpoint import save_model_checkpoint
+
+    _, cfg, params = tiny(arch)
+    tok = write_tokenizer(os.path.join(folder, "tok"))
+    return save_model_checkpoint(os.path.join(folder, "ckpt"), params, cfg, tokenizer_dir=tok)
