@@ -153,6 +153,9 @@ class ImageConfig:
     # auto (follow the model's projector) | none (K=1) | SxS (global view + SxS tiles, row-major; 2x2: K=5)
     tiling: str = "auto"
     resample: str = "bicubic"  # bicubic | bilinear
+    # images with more pixels are skipped (image_too_large) from their header, before decoding; the default
+    # is PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
+    max_pixels: int = 89_478_485
 
 
 @dataclass

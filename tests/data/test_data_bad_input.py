@@ -1,10 +1,14 @@
 """Every class of bad input is skipped and counted, or with strict: true raises naming file and id."""
 
+import io
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.helpers.data import data_config, loader_kwargs, make_records, png_bytes, write_images
+from vlm_jax.config import ImageConfig
 from vlm_jax.data.errors import DataError
 from vlm_jax.data.pipeline import DataLoader
 
@@ -24,10 +28,13 @@ BAD = {
     "missing_image": {"id": "bad", "image": "nope.png", "conversations": conv("<image> q")},
     "not_an_image": {"id": "bad", "image": "text.png", "conversations": conv("<image> q")},
     "corrupt_image": {"id": "bad", "image": "cut.jpg", "conversations": conv("<image> q")},
+    "unsupported_image_mode": {"id": "bad", "image": "float.tif", "conversations": conv("<image> q")},
+    "image_too_large": {"id": "bad", "image": "big.png", "conversations": conv("<image> q")},
     "no_supervised_tokens": {"id": "bad", "conversations": [{"from": "human", "value": "only a question"}]},
     "fewer_tags": {"id": "bad", "image": ["img0.png", "img1.png"], "conversations": conv("<image> one tag")},
 }
 REASON = {**{k: k for k in BAD}, "fewer_tags": "image_tag_mismatch"}
+CONFIG = {"image_too_large": {"image": ImageConfig(image_size=8, tiling="none", max_pixels=5000)}}
 
 
 def write_dataset(tmp_path, bad, fmt="json"):
@@ -35,6 +42,10 @@ def write_dataset(tmp_path, bad, fmt="json"):
     write_images(str(img))
     (img / "text.png").write_text("definitely not a png")
     (img / "cut.jpg").write_bytes(png_bytes(64, 64, fmt="JPEG")[:200])
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray([[-5.0, 1000.0]] * 2, np.float32), "F").save(buf, "TIFF")
+    (img / "float.tif").write_bytes(buf.getvalue())
+    (img / "big.png").write_bytes(png_bytes(100, 60))  # 6000 pixels
     (tmp_path / "outside.png").write_bytes(png_bytes())
     good = make_records(9)
     recs = good[:4] + [bad] + good[4:]
@@ -59,7 +70,7 @@ def run(path, img, **kw):
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_record_is_skipped_and_counted(tmp_path, case):
     path, img, n_good = write_dataset(tmp_path, BAD[case])
-    loader, n = run(path, img)
+    loader, n = run(path, img, **CONFIG.get(case, {}))
     assert n == n_good, "the rest of the data survives"
     st = loader.stats()
     assert st["skipped_examples"] == 1 and st["skipped_by_reason"] == {REASON[case]: 1}
@@ -70,7 +81,7 @@ def test_bad_record_is_skipped_and_counted(tmp_path, case):
 def test_strict_mode_names_file_and_record(tmp_path, case):
     path, img, _ = write_dataset(tmp_path, BAD[case])
     with pytest.raises(DataError) as e:
-        run(path, img, strict=True)
+        run(path, img, strict=True, **CONFIG.get(case, {}))
     msg = str(e.value)
     assert path in msg and "record 4" in msg and REASON[case] in msg
     if case != "malformed_record":

@@ -37,6 +37,7 @@ class ExampleSpec:
     mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073)
     tiling: str = "none"
     resample: str = "bicubic"
+    max_pixels: int = img_lib.DEFAULT_MAX_PIXELS
     indicator_token_id: Optional[int] = None  # AlignGPT: indicator placeholder after BOS; None = off
     align_level_field: str = ""  # AlignGPT pretraining: the record field holding the level
     num_indicators: int = 8
@@ -129,7 +130,7 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
         else:
             name = rec.image_paths[j]
             data = img_lib.read_file(raw.image_folder, name)
-        pil = img_lib.decode(data, name)
+        pil = img_lib.decode(data, name, spec.max_pixels)
         pixels[j] = img_lib.crops(pil, spec.aspect, spec.image_size, spec.mean, spec.tiling, spec.resample)
     out = {
         "tokens": tokens.astype(np.int32),

@@ -6,6 +6,12 @@ Aspect modes (all produce `image_size` x `image_size`):
 - `crop`: resize the shortest side, then centre crop (CLIP's processor).
 Resizing is PIL's, on uint8, exactly as HF's PIL-backend image processors do, so the output equals
 theirs before rescale/normalise.
+
+Decoding (`decode`) gives 8-bit RGB from every PIL mode: 8-bit modes as PIL converts them (alpha dropped,
+as LLaVA's `.convert("RGB")`); 16-bit (I;16*) and 32-bit integer (I, values 0..65535) images scaled from
+16 bits, float (F) images from 0..1 (or 0..255) to 0..255, instead of PIL's clipping (near-white /
+near-black); anything else is skipped as `unsupported_image_mode`. An image of more than `max_pixels`
+pixels (default PIL's decompression-bomb limit) is skipped as `image_too_large` from its header alone.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from PIL import Image
 
 from vlm_jax.data.errors import SkipExample
 
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS (~0.25 GB of RGB at 8 bits)
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 ASPECTS = ("pad", "resize", "crop")
 
@@ -61,19 +68,51 @@ def read_file(folder: str, rel: str) -> bytes:
         raise SkipExample("missing_image", f"{rel}: {e}") from None
 
 
-def decode(data: bytes, name: str = "") -> Image.Image:
+def decode(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Bytes -> RGB PIL image, fully loaded; bad bytes raise SkipExample."""
     try:
         img = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
         raise SkipExample("not_an_image", name) from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # past twice PIL's own limit
+        raise SkipExample("image_too_large", f"{name}: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise SkipExample("corrupt_image", f"{name}: {e}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise SkipExample("image_too_large", f"{name}: {w}x{h} = {w * h:,} pixels > the limit of {max_pixels:,} "
+                                             "(data.image.max_pixels)")
     try:
         img.load()
-        return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise SkipExample("corrupt_image", f"{name}: {e}") from None
+    return to_rgb(img, name)
+
+
+def to_rgb(img: Image.Image, name: str = "") -> Image.Image:
+    """Any PIL mode -> 8-bit RGB over the image's full range (see the module doc)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        return Image.fromarray(_to_8_bit(np.asarray(img), img.mode, name)).convert("RGB")
+    try:
+        return (img.convert("LA") if img.mode == "La" else img).convert("RGB")
+    except ValueError as e:
+        raise SkipExample("unsupported_image_mode", f"{name}: mode {img.mode}: {e}") from None
+
+
+def _to_8_bit(a: np.ndarray, mode: str, name: str) -> np.ndarray:
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode == "F":
+        if not np.isfinite(a).all() or lo < 0 or hi > 255:
+            raise SkipExample("unsupported_image_mode", f"{name}: float image with values in [{lo:g}, {hi:g}] "
+                                                        "(expected 0..1 or 0..255)")
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return np.clip(np.round(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    if lo < 0 or hi > 65535:
+        raise SkipExample("unsupported_image_mode", f"{name}: {mode} image with values in [{lo:g}, {hi:g}] "
+                                                    "(expected 16-bit, 0..65535)")
+    return ((a.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)  # round(v * 255 / 65535)
 
 
 def pad_color(mean: Sequence[float]) -> tuple[int, ...]:

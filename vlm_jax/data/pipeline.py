@@ -115,11 +115,14 @@ class DataLoader:
             raise DataError(f"data.interleaved_loss must be one of {interleaved.LOSS_MODES}, got {cfg.interleaved_loss!r}")
         if cfg.image.aspect not in img_lib.ASPECTS:
             raise DataError(f"data.image.aspect must be one of {img_lib.ASPECTS}, got {cfg.image.aspect!r}")
+        if cfg.image.max_pixels < 1:
+            raise DataError(f"data.image.max_pixels must be >= 1, got {cfg.image.max_pixels}")
         self.batch_size = batch_size
         self.spec = ex_lib.ExampleSpec(
             seq_len=cfg.seq_len, max_images=cfg.max_images, tokens_per_image=tokens_per_image,
             image_token_id=image_token_id, too_long=cfg.too_long, aspect=cfg.image.aspect,
             image_size=image_size, mean=tuple(image_mean), tiling=cfg.image.tiling, resample=cfg.image.resample,
+            max_pixels=cfg.image.max_pixels,
             **_aligngpt_spec(cfg, aligngpt))
         self.image_shape = (img_lib.num_crops(cfg.image.tiling), image_size, image_size, 3)
         encode = encode or default_encode(cfg, tokenizer)
