@@ -31,6 +31,7 @@ BAD = {
     "unsupported_image_mode": {"id": "bad", "image": "float.tif", "conversations": conv("<image> q")},
     "image_too_large": {"id": "bad", "image": "big.png", "conversations": conv("<image> q")},
     "no_supervised_tokens": {"id": "bad", "conversations": [{"from": "human", "value": "only a question"}]},
+    "bad_text": {"id": "bad", "conversations": conv("a lone surrogate \ud800 is no text")},
     "fewer_tags": {"id": "bad", "image": ["img0.png", "img1.png"], "conversations": conv("<image> one tag")},
 }
 REASON = {**{k: k for k in BAD}, "fewer_tags": "image_tag_mismatch"}

@@ -87,3 +87,29 @@ def test_tiling_follows_the_model(setup):
     with pytest.raises(DataError, match="tiling"):
         make_loader(load(Config, path, ms + ["data.image.tiling=none"]), batch_size=2, process_index=0,
                     process_count=1)
+
+
+
+def test_lone_surrogate_is_skipped_as_bad_text(setup, tmp_path, capsys):
+    """"\\ud800" is valid JSON but no Unicode text: SentencePiece raised a RuntimeError in the loader
+    and in the inspector."""
+    from tools.inspect_data import main as inspect
+    from vlm_jax.config import Config, load
+    from vlm_jax.data.pipeline import make_loader
+
+    path, _, recs = setup
+    sur = dict(recs[0], id="sur", conversations=[{"from": "human", "value": "hi \ud800 there"},
+                                                 {"from": "gpt", "value": "ok"}])
+    data = write_json(str(tmp_path / "sur.json"), [sur, *recs[:3]])
+    assert "\\ud800" in open(data).read()
+    raw = yaml.safe_load(open(path))
+    raw["data"]["sources"][0]["path"] = data
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    loader = make_loader(load(Config, str(cfg_path), ["data.num_epochs=1"]), batch_size=1, process_index=0,
+                         process_count=1)
+    list(loader)
+    assert loader.stats()["skipped_by_reason"] == {"bad_text": 1} and loader.stats()["examples"] == 3
+    assert inspect(["--config", str(cfg_path), "--n", "1", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[0]["type"] == "skipped" and lines[0]["reason"] == "bad_text" and "'sur'" in lines[0]["message"]

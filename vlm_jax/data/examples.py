@@ -159,5 +159,5 @@ def record_id(raw: RawRecord) -> Optional[object]:
     """Best-effort id for error messages (the record may be unparseable)."""
     try:
         return parse_record(raw).id
-    except SkipExample:
-        return None
+    except SkipExample as e:
+        return e.record_id

@@ -51,7 +51,10 @@ def encode_record(record: dict, images: Sequence[bytes]) -> bytes:
     """`VLMR` | u32 header length | JSON header | image bytes, back to back."""
     header = {k: v for k, v in record.items() if k != "image"}
     header["image_sizes"] = [len(b) for b in images]
-    blob = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    try:
+        blob = json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate in a field no parser looked at
+        raise SkipExample("bad_text", f"{e.reason} in the record's fields") from None
     return b"".join([_MAGIC, struct.pack("<I", len(blob)), blob, *images])
 
 
@@ -75,6 +78,24 @@ def decode_record(data: bytes) -> tuple[dict, list[bytes]]:
     return header, images
 
 
+def check_text(texts: Sequence[str], where: str) -> None:
+    """SkipExample('bad_text') if a string is not Unicode text (a lone surrogate: valid JSON, but no
+    tokenizer or UTF-8 writer takes it)."""
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise SkipExample("bad_text", f"{where} {i}: {t[e.start:e.end]!r} at position {e.start}: {e.reason}") from None
+
+
+def _check_text_of(payload: dict, texts: Sequence[str], where: str) -> None:
+    try:
+        check_text(texts, where)
+    except SkipExample as e:
+        e.record_id = payload.get("id")
+        raise
+
+
 def parse_record(raw: RawRecord) -> Record:
     """RawRecord -> Record, raising SkipExample('malformed_record') on structural problems."""
     embedded = None
@@ -91,6 +112,7 @@ def parse_record(raw: RawRecord) -> Record:
         raise SkipExample("malformed_record", f"expected an object, got {type(payload).__name__}")
     if interleaved.is_document(payload):  # MMC4-style document: `conversations` holds an interleaved.Document
         doc, names, embedded = interleaved.as_record_fields(payload, embedded)
+        _check_text_of(payload, doc.sentences, "sentence")
         return Record(payload.get("id"), doc, names, embedded)
     conv = payload.get("conversations")
     if not isinstance(conv, list) or not all(
@@ -98,6 +120,7 @@ def parse_record(raw: RawRecord) -> Record:
         for t in conv
     ):
         raise SkipExample("malformed_record", "'conversations' must be a list of {from, value}")
+    _check_text_of(payload, [t["value"] for t in conv], "turn")
     image = payload.get("image")
     if embedded is not None:
         paths = list(payload.get("image_names", [""] * len(embedded)))
