@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
     from infer.runner import _hf_in_memory
     from vlm_jax import generate as gen
-    from vlm_jax.models.vlm import VLM
+    from vlm_jax.image_layout import image_layout
 
     hf = hf_model(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     dec = params["decoder"]
     read_per_token = 4 * (sum(int(np.prod(x.shape)) for x in jax.tree.leaves(dec["layers"]))
                           + int(np.prod(dec["lm_head"]["kernel"].shape)) + dec["embed_tokens"]["embedding"].shape[1])
-    n_img = VLM.tokens_per_image(cfg)
+    n_img = image_layout(cfg).tokens_per_image
     rng = np.random.default_rng(0)
     text = list(rng.integers(3, args.vocab - 1, 24))
     prompt = [1] + text[:4] + [cfg.image_token_id] * n_img + text[4:]

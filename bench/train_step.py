@@ -72,9 +72,9 @@ def time_ours(mcfg, batch: int, seq: int, steps: int) -> dict:
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
     setup = state_lib.build(cfg, mesh, 100)
     state = setup.init_fn(0)
-    from train.data import tokens_per_image
+    from vlm_jax.image_layout import image_layout
 
-    b = sharding.global_batch(batch_arrays(mcfg, tokens_per_image(cfg), batch, seq), mesh, batch)
+    b = sharding.global_batch(batch_arrays(mcfg, image_layout(mcfg).tokens_per_image, batch, seq), mesh, batch)
     t0 = time.time()
     compiled = setup.train_step.lower(state, b).compile()
     compile_s = time.time() - t0
@@ -183,13 +183,12 @@ def main(argv=None) -> int:
     import jax
     import torch
 
-    from train.data import tokens_per_image
     from train.flops import step_flops
-    from vlm_jax.config import Config
+    from vlm_jax.image_layout import image_layout
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     mcfg = model_config(args.quick)
-    n_img = tokens_per_image(Config(model=mcfg))
+    n_img = image_layout(mcfg).tokens_per_image
     seq, batch = (64, 2) if args.quick else (args.seq, args.batch)
     print(f"model: ViT {mcfg.vision.num_layers}x{mcfg.vision.hidden_size}, decoder "
           f"{mcfg.decoder.num_layers}x{mcfg.decoder.hidden_size}, vocab {mcfg.decoder.vocab_size}; "

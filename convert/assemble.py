@@ -73,7 +73,7 @@ def assemble(vision: str, llm: str, out: str, *, projector: Optional[str] = None
                       decoder=hf_configs.decoder_from_hf(hf_configs.load_config(llm)),
                       image_token_id=llava_original.IMAGE_SENTINEL)
     num_layers_used(cfg.vision)  # validates select_layer
-    projectors.get_spec(projector_type)
+    projectors.get_builder(projector_type)
     sources = [engine.Source(vision, llava_original.vision_folder_key, False, "vision"),
                engine.Source(llm, lm_key, False, "llm")]
     if projector:

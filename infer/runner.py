@@ -25,6 +25,7 @@ from vlm_jax.config import ModelConfig
 from vlm_jax.data import images as img_lib
 from vlm_jax.data import templates
 from vlm_jax.data.errors import SkipExample
+from vlm_jax.image_layout import image_layout
 from vlm_jax.tokenizer import IMAGE_TOKEN, load_tokenizer
 
 PAD_TO = 32
@@ -102,12 +103,6 @@ def default_template(tokenizer) -> str:
     return "vicuna_v1"
 
 
-def tokens_per_image(cfg: ModelConfig) -> int:
-    from vlm_jax.models.vlm import VLM
-
-    return VLM.tokens_per_image(cfg)
-
-
 def context_length(m: Loaded) -> int:
     return int(m.cfg.decoder.max_position_embeddings)
 
@@ -131,7 +126,7 @@ def prompt_ids(m: Loaded, template: str, text: str, num_images: int) -> np.ndarr
     ids = templates.generation_prompt([{"from": "human", "value": text}], template, m.tokenizer)
     if m.cfg.aligngpt.enabled and num_images:  # AlignGPT: the gated indicator right after BOS
         ids = [ids[0], m.cfg.aligngpt.indicator_token_id, *ids[1:]]
-    n = tokens_per_image(m.cfg)
+    n = image_layout(m.cfg).tokens_per_image
     return np.concatenate([np.full(n, m.cfg.image_token_id, np.int32) if t == templates.IMAGE_MARKER
                            else np.asarray([t], np.int32) for t in ids])
 
@@ -139,7 +134,6 @@ def prompt_ids(m: Loaded, template: str, text: str, num_images: int) -> np.ndarr
 def load_image(m: Loaded, path: str) -> np.ndarray:
     """-> uint8 [K, H, W, 3]; an unreadable or undecodable file is a BadPrompt naming it."""
     v = m.cfg.vision
-    tiling = "2x2" if m.cfg.projector.type == "multiscale-pool" else "none"
     try:
         with open(path, "rb") as f:
             img = img_lib.decode(f.read(), path)
@@ -147,7 +141,7 @@ def load_image(m: Loaded, path: str) -> np.ndarray:
         raise BadPrompt(f"missing_image: {path}: {e.strerror or e}") from None
     except SkipExample as e:
         raise BadPrompt(str(e)) from None
-    return img_lib.crops(img, m.aspect, v.image_size, v.image_mean, tiling)
+    return img_lib.crops(img, m.aspect, v.image_size, v.image_mean, image_layout(m.cfg).tiling)
 
 
 def prepare(m: Loaded, template: str, text: str, image_paths: Sequence[str]) -> tuple[np.ndarray, list]:
@@ -168,7 +162,7 @@ def make_batch(m: Loaded, rows: Sequence[tuple[np.ndarray, list]], num_rows: Opt
     rows = list(rows) + [rows[0]] * max(0, (num_rows or 0) - len(rows))
     length = -(-max(len(ids) for ids, _ in rows) // PAD_TO) * PAD_TO
     v = m.cfg.vision
-    k = 5 if m.cfg.projector.type == "multiscale-pool" else 1
+    k = image_layout(m.cfg).crops_per_image
     slots = max(len(ims) for _, ims in rows)
     tokens = np.full((len(rows), length), m.tokenizer.pad_id, np.int32)
     mask = np.zeros((len(rows), length), bool)

@@ -11,26 +11,15 @@ from typing import Any, Optional
 import numpy as np
 
 from vlm_jax.config import Config
+from vlm_jax.image_layout import image_layout
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "images", "image_mask")
-
-
-def tokens_per_image(cfg: Config) -> int:
-    from vlm_jax.models.vlm import VLM
-
-    return int(VLM.tokens_per_image(cfg.model))
-
-
-def crops_per_image(cfg: Config) -> int:
-    from vlm_jax.models.vlm import VLM
-
-    return int(VLM.crops_per_image(cfg.model))
 
 
 def batch_shapes(cfg: Config, rows: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Shape and dtype of every batch array for `rows` rows (the same for fake and real data)."""
     v = cfg.model.vision
-    crops = crops_per_image(cfg)
+    crops = image_layout(cfg.model).crops_per_image
     if cfg.train.fake_data.enabled:
         seq, images = cfg.train.fake_data.seq_len, cfg.train.fake_data.max_images
     else:
@@ -55,7 +44,7 @@ class FakeBatches:
         self.cfg, self.seed = cfg, seed
         self.rows = range(row_start, row_stop)
         self.shapes = batch_shapes(cfg, row_stop - row_start)
-        self.n_img = tokens_per_image(cfg)
+        self.n_img = image_layout(cfg.model).tokens_per_image
         self.index = 0
 
     def _row(self, i: int, r: int) -> dict:

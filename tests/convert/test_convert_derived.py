@@ -18,6 +18,7 @@ from tests.helpers import derived as dh
 from tests.helpers.convert_models import IMAGE_TOKEN, assert_same_tensors, cli, prompt, tensors
 from tests.helpers.torch_projectors import TorchDownsample, TorchLDP, TorchMultiscalePool
 from vlm_jax.checkpoint import load_model_checkpoint
+from vlm_jax.image_layout import image_layout
 from vlm_jax.models.vit import num_layers_used
 from vlm_jax.models.vlm import VLM
 
@@ -48,7 +49,7 @@ def test_palo_mobilevlm_ldpnet(tmp_path):
     imgs = pixels(2)
     toks = prompt(4, 2)  # 3x3 patches -> ldpnet stride 2 -> 2x2 tokens per image
     a, cfg = ours(str(tmp_path / "ck"), np.where(toks == IMAGE_TOKEN, -200, toks), imgs[:, None])
-    assert cfg.projector.type == "ldpnet" and VLM.tokens_per_image(cfg) == 4
+    assert cfg.projector.type == "ldpnet" and image_layout(cfg).tokens_per_image == 4
     b = dh.torch_logits(hf, toks, imgs, cfg.vision.image_mean, cfg.vision.image_std)
     assert np.abs(a - b).max() < 1e-4
     cli("export", "--format", "palo", "--src", str(tmp_path / "ck"), "--out", str(tmp_path / "out"))

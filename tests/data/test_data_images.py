@@ -8,6 +8,7 @@ from PIL import Image
 
 from vlm_jax.data import images as img_lib
 from vlm_jax.data.errors import SkipExample
+from vlm_jax.image_layout import crops_for_tiling
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -90,7 +91,7 @@ def test_tiles_are_global_view_then_2x2_row_major():
     assert three.shape == (10, 8, 8, 3)
     np.testing.assert_array_equal(three[5], img_lib.preprocess(img, "crop", 24, CLIP_MEAN)[8:16, 8:16])
     with pytest.raises(ValueError):
-        img_lib.num_crops("2x3")
+        crops_for_tiling("2x3")
 
 
 def test_path_escaping_the_folder_is_refused(tmp_path):

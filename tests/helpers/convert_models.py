@@ -22,6 +22,7 @@ from transformers import (
 from convert.cli import main as convert_main
 from convert.tensor_io import TensorReader
 from vlm_jax.checkpoint import load_model_checkpoint
+from vlm_jax.image_layout import image_layout
 from vlm_jax.models.vlm import VLM
 
 IMAGE_SIZE, PATCH = 28, 14
@@ -103,7 +104,7 @@ def ckpt_logits(ckpt: str, tokens: np.ndarray, imgs: np.ndarray):
 
 def tokens_per_image(cfg_or_hf) -> int:
     if hasattr(cfg_or_hf, "vision"):
-        return VLM.tokens_per_image(cfg_or_hf)
+        return image_layout(cfg_or_hf).tokens_per_image
     c = cfg_or_hf.config
     n = (IMAGE_SIZE // PATCH) ** 2
     return n + (1 if c.vision_config.model_type == "clip_vision_model" and c.vision_feature_select_strategy == "full" else 0)

@@ -18,6 +18,7 @@ from vlm_jax.config import AlignGPTConfig, DecoderConfig, ModelConfig, VisionCon
 from vlm_jax.data import aligngpt as data_align
 from vlm_jax.data.examples import IMAGE_MARKER, expand_images
 from vlm_jax.data.packing import assemble_row
+from vlm_jax.image_layout import image_layout
 from vlm_jax.models.vlm import VLM
 
 TOL = 1e-4
@@ -63,7 +64,7 @@ def torch_reference(cfg, params, stage):
         t = mapping.to_hf(e, np.asarray(mapping.get_leaf(params, e.path)))
         sd[e.key.replace("lm.", "model.", 1) if e.key.startswith("lm.") else e.key] = torch.from_numpy(t.copy())
     lm.load_state_dict(sd, strict=True)
-    n = VLM.tokens_per_image(cfg)
+    n = image_layout(cfg).tokens_per_image
     ind, gate = AlignIndicator(d.hidden_size), GatedWeightLayer(n)
     ind.indicator_embs.data = torch.from_numpy(np.asarray(params["align_indicators"]["indicator_embs"]).copy())
     g = params["gated_weight_layer"]
@@ -80,7 +81,7 @@ def examples(cfg, samples, pixels, pretrain: bool):
         has_image = IMAGE_MARKER in ids
         level = data_align.example_level({"similarity": sim}, has_image, "similarity" if pretrain else "", 8)
         t, m = data_align.insert_indicator(t, m, level, cfg.aligngpt.indicator_token_id)
-        t, m, _ = expand_images(t, m, VLM.tokens_per_image(cfg), cfg.image_token_id)
+        t, m, _ = expand_images(t, m, image_layout(cfg).tokens_per_image, cfg.image_token_id)
         images = px[None] if has_image else np.zeros((0, *px.shape), np.uint8)
         out.append({"tokens": t.astype(np.int32), "label_mask": m, "images": images, "align_level": level})
     return out

@@ -24,6 +24,7 @@ from tests.helpers.convert_models import (
 from tests.helpers.params import random_params
 from vlm_jax import sharding
 from vlm_jax.config import DecoderConfig, MeshConfig, ModelConfig, VisionConfig
+from vlm_jax.image_layout import image_layout
 from vlm_jax.models.vlm import VLM
 
 TOL = 1e-4
@@ -45,7 +46,7 @@ def test_hf_llava_parity(tmp_path, case):
     for n_images in ((1, 2) if case == "clip-llama-mha-sel2-patch" else (2,)):  # prompts with one and two images
         toks, imgs = prompt(n, n_images), images(n_images, seed=n_images)
         ours, cfg = ckpt_logits(str(tmp_path / "ckpt"), toks, imgs)
-        assert VLM.tokens_per_image(cfg) == n
+        assert image_layout(cfg).tokens_per_image == n
         ref = hf_logits(hf, toks, imgs, cfg.vision.image_mean, cfg.vision.image_std)
         assert ours.shape == ref.shape
         assert np.abs(ours - ref).max() < TOL, (case, n_images, np.abs(ours - ref).max())
@@ -89,7 +90,7 @@ def test_packed_equals_unpacked():
     cfg = tiny_cfg()
     model = VLM(cfg)
     params = random_params(model, 1)
-    n = VLM.tokens_per_image(cfg)
+    n = image_layout(cfg).tokens_per_image
     rng = np.random.default_rng(0)
     ex = [example(rng, n, 5), example(rng, n, 9)]
     imgs = images(2, seed=3)
@@ -123,7 +124,7 @@ def test_unrolled_equals_scanned():
         dec[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
     params_unrolled = {**params, "decoder": dec}
     assert jax.tree.structure(params_unrolled) == jax.tree.structure(random_params(unrolled, 4))
-    n = VLM.tokens_per_image(scanned.cfg)
+    n = image_layout(scanned.cfg).tokens_per_image
     rng = np.random.default_rng(2)
     tokens = np.stack([example(rng, n, 7) for _ in range(2)])
     batch = {"tokens": tokens, "images": images(2, seed=6)[:, None, None], "image_mask": np.ones((2, 1), bool),
@@ -149,7 +150,7 @@ def test_sharded_equals_single_device():
     cfg = tiny_cfg()
     model = VLM(cfg)
     params = random_params(model, 2)
-    n = VLM.tokens_per_image(cfg)
+    n = image_layout(cfg).tokens_per_image
     rng = np.random.default_rng(1)
     tokens = np.stack([np.concatenate([example(rng, n, 6), np.zeros(1, np.int32)]) for _ in range(4)])
     batch = {"tokens": tokens, "images": images(4, seed=5)[:, None, None], "image_mask": np.ones((4, 1), bool),

@@ -10,6 +10,7 @@ import torch
 
 from tests.helpers.torch_projectors import TorchDownsample, TorchLDP, TorchMultiscalePool
 from vlm_jax.config import DecoderConfig, ModelConfig, ProjectorConfig, VisionConfig
+from vlm_jax.image_layout import image_layout
 from vlm_jax.models import projectors
 
 # ---------------------------------------------------------------- weight copies
@@ -66,7 +67,7 @@ def test_ldpnet_matches_mobilevlm(grid):
     feats = np.random.default_rng(0).normal(size=(2, grid * grid, 16)).astype(np.float32)
     expected = ref(torch.tensor(feats)).detach().numpy()
     out = run_ours(cfg, ldp_params(ref), feats[:, None])
-    assert out.shape == expected.shape == (2, projectors.tokens_per_image(cfg), 32)
+    assert out.shape == expected.shape == (2, image_layout(cfg).tokens_per_image, 32)
     np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
     if grid == 24:
         assert out.shape[1] == 144
@@ -80,13 +81,13 @@ def test_mlp_downsample_matches_vila(grid):
     expected = ref(torch.tensor(feats)).detach().numpy()
     params = {"norm": ln(ref.layers[1]), "linear_1": lin(ref.layers[2]), "linear_2": lin(ref.layers[4])}
     out = run_ours(cfg, params, feats[:, None])
-    assert out.shape == expected.shape == (2, projectors.tokens_per_image(cfg), 32)
+    assert out.shape == expected.shape == (2, image_layout(cfg).tokens_per_image, 32)
     np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
 
 
 def test_multiscale_pool_matches_centurio():
     cfg = model_cfg("multiscale-pool", 3)
-    assert projectors.crops_per_image(cfg) == 5
+    assert image_layout(cfg).crops_per_image == 5
     ref = randomize(TorchMultiscalePool(16, 32))
     feats = np.random.default_rng(2).normal(size=(2, 5, 9, 16)).astype(np.float32)
     expected = ref(torch.tensor(feats.reshape(10, 9, 16))).detach().numpy()
@@ -97,9 +98,9 @@ def test_multiscale_pool_matches_centurio():
 
 def test_registry_names_and_errors():
     for name in ["linear", "identity", "mlp2x_gelu", "mlp3x_gelu", "ldpnet", "mlp_downsample", "multiscale-pool"]:
-        projectors.get_spec(name)
+        projectors.get_builder(name)
     with pytest.raises(ValueError, match="unknown projector type 'mlpx_gelu'"):
-        projectors.get_spec("mlpx_gelu")
+        projectors.get_builder("mlpx_gelu")
 
 
 def test_mlp3x_gelu_depth():
@@ -107,3 +108,17 @@ def test_mlp3x_gelu_depth():
     module = projectors.build_projector(cfg, jnp.float32, jnp.float32)
     params = module.init(jax.random.key(0), jnp.zeros((1, 1, 4, 16)))["params"]
     assert sorted(params) == ["linear_1", "linear_2", "linear_3"]
+
+
+@pytest.mark.parametrize("ptype", ["linear", "identity", "mlp2x_gelu", "mlp3x_gelu", "ldpnet", "mlp_downsample",
+                                   "multiscale-pool"])
+@pytest.mark.parametrize("grid", [4, 5])
+def test_every_projector_takes_and_gives_the_image_layout(ptype, grid):
+    """The data lays out image_layout's K crops and N placeholders; each projector must map exactly that."""
+    cfg = model_cfg(ptype, grid, vis=16, dim=16 if ptype == "identity" else 32)
+    cfg.projector.multi_scale = 3
+    layout = image_layout(cfg)
+    module = projectors.build_projector(cfg, jnp.float32, jnp.float32)
+    feats = jnp.zeros((2, layout.crops_per_image, grid * grid, 16))
+    out, _ = module.init_with_output(jax.random.key(0), feats)
+    assert out.shape == (2, layout.tokens_per_image, cfg.decoder.hidden_size)

@@ -11,11 +11,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from vlm_jax.data import aligngpt
+from vlm_jax.data import aligngpt, interleaved
 from vlm_jax.data import images as img_lib
-from vlm_jax.data import interleaved
 from vlm_jax.data.errors import SkipExample
 from vlm_jax.data.sources import RawRecord, parse_record
+from vlm_jax.image_layout import crops_for_tiling
 
 IMAGE_TAG = "<image>"
 IMAGE_MARKER = -200  # what templates.encode emits for each <image>
@@ -122,7 +122,7 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
     if n_images > spec.max_images:
         raise SkipExample("too_many_images", f"{n_images} images > max_images {spec.max_images}")
 
-    k = img_lib.num_crops(spec.tiling)
+    k = crops_for_tiling(spec.tiling)
     pixels = np.zeros((n_images, k, spec.image_size, spec.image_size, 3), np.uint8)
     for j in range(n_images):
         if rec.image_bytes is not None:

@@ -24,26 +24,11 @@ import numpy as np
 from PIL import Image
 
 from vlm_jax.data.errors import SkipExample
+from vlm_jax.image_layout import tile_grid
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS (~0.25 GB of RGB at 8 bits)
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 ASPECTS = ("pad", "resize", "crop")
-
-
-def tile_grid(tiling: str) -> int:
-    """'none' -> 0, 'SxS' -> S (a global view plus S x S tiles)."""
-    if tiling == "none":
-        return 0
-    a, _, b = tiling.partition("x")
-    if not (a.isdigit() and a == b and int(a) >= 1):
-        raise ValueError(f"unknown tiling {tiling!r} (none, or SxS such as 2x2)")
-    return int(a)
-
-
-def num_crops(tiling: str) -> int:
-    """K: crops per image (1, or 1 + S*S = global view + SxS tiles)."""
-    s = tile_grid(tiling)
-    return 1 + s * s if s else 1
 
 
 def resolve_path(folder: str, rel: str) -> str:

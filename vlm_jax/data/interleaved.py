@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from vlm_jax.data import templates
 from vlm_jax.data.errors import SkipExample
 
 IMAGE_TAG = "<image>"
@@ -93,9 +94,7 @@ def render(doc: Document, eos: str, loss: str = "all") -> list[tuple[str, bool]]
 
 def encode_document(doc: Document, tokenizer, loss: str = "all"):
     """-> templates.Encoded(tokens with one IMAGE_MARKER per image, label_mask)."""
-    from vlm_jax.data import templates  # noqa: PLC0415 (tokenizer machinery; sources stay light)
-
-    return templates._tokenize(render(doc, tokenizer.eos_token or "", loss), tokenizer, add_bos=True)
+    return templates.tokenize_segments(render(doc, tokenizer.eos_token or "", loss), tokenizer, add_bos=True)
 
 
 def to_mmc4(doc: Document, names: list[str]) -> dict:

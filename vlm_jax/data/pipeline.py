@@ -1,6 +1,6 @@
 """The Grain input pipeline: sources -> mix -> shuffle -> repeat -> shard -> examples -> pack -> batch.
 
-    loader = make_loader(config, batch_size=8, tokens_per_image=VLM.tokens_per_image(config.model))
+    loader = make_loader(config, batch_size=8)   # N, K and the tiling from image_layout(config.model)
     batch = next(loader)               # DESIGN.md batch dict of host-local numpy arrays
     state = loader.get_state()         # JSON-serialisable; store it in the checkpoint
     loader.set_state(state)            # continues with exactly the batches that would have followed
@@ -27,6 +27,7 @@ from vlm_jax.data import interleaved
 from vlm_jax.data.errors import DataError, SkipExample, describe
 from vlm_jax.data.packing import PackIterDataset, empty_stats
 from vlm_jax.data.sources import RawRecord, open_source
+from vlm_jax.image_layout import crops_for_tiling, image_layout
 
 
 def default_encode(cfg: DataConfig, tokenizer=None) -> ex_lib.EncodeFn:
@@ -124,7 +125,7 @@ class DataLoader:
             image_size=image_size, mean=tuple(image_mean), tiling=cfg.image.tiling, resample=cfg.image.resample,
             max_pixels=cfg.image.max_pixels,
             **_aligngpt_spec(cfg, aligngpt))
-        self.image_shape = (img_lib.num_crops(cfg.image.tiling), image_size, image_size, 3)
+        self.image_shape = (crops_for_tiling(cfg.image.tiling), image_size, image_size, 3)
         encode = encode or default_encode(cfg, tokenizer)
         train = split == "train"
         if sources is None:
@@ -181,20 +182,17 @@ def make_loader(config: Any, *, batch_size: int, tokens_per_image: Optional[int]
                 encode: Optional[ex_lib.EncodeFn] = None, sources=None) -> DataLoader:
     """Loader from the root Config (`config.data`, `config.model`); `batch_size` is per process.
 
-    `tokens_per_image` is N; by default `VLM.tokens_per_image(config.model)`. `data.image.tiling`
-    `auto` follows the model (K = `VLM.crops_per_image`); an explicit tiling must agree with it."""
-    from vlm_jax.models.vlm import VLM  # noqa: PLC0415 (only counts; no model is built)
-
+    `tokens_per_image` is N; by default the model's (`image_layout(config.model)`). `data.image.tiling`
+    `auto` follows the model's layout; an explicit tiling must give the same number of crops."""
+    layout = image_layout(config.model)
     if tokens_per_image is None:
-        tokens_per_image = int(VLM.tokens_per_image(config.model))
+        tokens_per_image = layout.tokens_per_image
     data = config.data
-    k = int(VLM.crops_per_image(config.model))
     if data.image.tiling == "auto":
-        s = int(round((k - 1) ** 0.5))
-        data = dataclasses.replace(data, image=dataclasses.replace(data.image, tiling=f"{s}x{s}" if k > 1 else "none"))
-    elif img_lib.num_crops(data.image.tiling) != k:
-        raise DataError(f"data.image.tiling={data.image.tiling!r} gives {img_lib.num_crops(data.image.tiling)} "
-                        f"crops per image but the model's projector takes {k}")
+        data = dataclasses.replace(data, image=dataclasses.replace(data.image, tiling=layout.tiling))
+    elif crops_for_tiling(data.image.tiling) != layout.crops_per_image:
+        raise DataError(f"data.image.tiling={data.image.tiling!r} gives {crops_for_tiling(data.image.tiling)} "
+                        f"crops per image but the model's projector takes {layout.crops_per_image}")
     if process_index is None or process_count is None:
         import jax  # noqa: PLC0415
 

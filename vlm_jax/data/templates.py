@@ -238,7 +238,9 @@ def render_prompt(conversations, template, tokenizer=None, system=None, *, add_g
 # --- tokenization -----------------------------------------------------------------------
 
 
-def _tokenize(segments: Sequence[Segment], tokenizer, add_bos: bool) -> Encoded:
+def tokenize_segments(segments: Sequence[Segment], tokenizer, add_bos: bool) -> Encoded:
+    """(text, supervised) segments -> ids with one IMAGE_MARKER per `<image>`, each token flagged as
+    the character it starts at (one tokenization of the whole text)."""
     text = "".join(s for s, _ in segments)
     supervised = np.zeros(len(text) + 1, bool)
     pos = 0
@@ -278,14 +280,14 @@ def encode(conversations, template, tokenizer, system=None, *, images_first=True
     """Input ids (with BOS where the template uses one; one IMAGE_MARKER per `<image>`) and
     the per-token label mask for a LLaVA-format conversation."""
     tmpl, segs = render_segments(conversations, template, tokenizer, system, images_first=images_first)
-    return _tokenize(segs, tokenizer, tmpl.add_bos)
+    return tokenize_segments(segs, tokenizer, tmpl.add_bos)
 
 
 def generation_prompt(conversations, template, tokenizer, system=None, *, images_first=True) -> np.ndarray:
     """int32 ids to prefill at inference: the conversation with an open assistant turn."""
     tmpl, segs = render_segments(conversations, template, tokenizer, system, add_generation_prompt=True,
                                  images_first=images_first)
-    return _tokenize(segs, tokenizer, tmpl.add_bos).tokens
+    return tokenize_segments(segs, tokenizer, tmpl.add_bos).tokens
 
 
 def stop_strings(template, tokenizer=None) -> tuple[str, ...]:

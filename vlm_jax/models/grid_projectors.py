@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from vlm_jax.image_layout import grid_side
 from vlm_jax.models.layers import gelu_mlp, layer_norm
-from vlm_jax.models.ldp import grid_side
 
 
 def flat_square(x: jax.Array) -> jax.Array:
@@ -33,10 +33,6 @@ class DownsampleProjector(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = layer_norm(1e-5, name="norm", **kw)(x)
         return gelu_mlp(x, self.out_dim, **kw)
-
-
-def downsample_tokens(num_tokens: int) -> int:
-    return ((grid_side(num_tokens) + 1) // 2) ** 2
 
 
 class MultiscalePoolProjector(nn.Module):

@@ -7,12 +7,11 @@ LayerNorm); the first has stride 1 and a residual, the second stride 2 (576 -> 1
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from vlm_jax.image_layout import grid_side
 from vlm_jax.models.layers import dense, gelu_mlp, kernel_init, layer_norm
 
 
@@ -22,13 +21,6 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
-
-
-def grid_side(num_tokens: int) -> int:
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f"projector needs a square patch grid, got {num_tokens} tokens (drop the CLS token)")
-    return side
 
 
 class InvertedResidual(nn.Module):
@@ -72,8 +64,3 @@ class LDPProjector(nn.Module):
         x = InvertedResidual(self.out_dim, 1, name="block_1", **kw)(x)
         x = InvertedResidual(self.out_dim, 2, name="block_2", **kw)(x)
         return x.reshape(n, -1, self.out_dim)
-
-
-def ldp_tokens(num_tokens: int) -> int:
-    side = grid_side(num_tokens)
-    return ((side - 1) // 2 + 1) ** 2

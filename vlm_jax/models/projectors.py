@@ -1,14 +1,13 @@
 """Vision-to-language projectors, registered under the names the original projects use.
 
 A projector maps vision features [N, K, T, C] (N images, K crops each, T tokens of width C) to
-[N, tokens_out, D]. Each entry knows its output token count so the data pipeline can lay out
-exactly that many placeholders per image.
+[N, tokens_out, D]; K and tokens_out are the model's image layout (vlm_jax/image_layout.py), which
+the data pipeline lays out without building a model.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Callable
 
 import jax
@@ -16,29 +15,24 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vlm_jax.config import ModelConfig
+from vlm_jax.image_layout import MLP_GELU
+from vlm_jax.models.grid_projectors import DownsampleProjector, MultiscalePoolProjector
 from vlm_jax.models.layers import gelu_mlp
+from vlm_jax.models.ldp import LDPProjector
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}  # type -> build(cfg, dtype, param_dtype, name)
+_PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], Callable[..., nn.Module]]]] = []
 
 
-@dataclass(frozen=True)
-class ProjectorSpec:
-    build: Callable[..., nn.Module]  # (cfg, dtype, param_dtype, name) -> module
-    tokens_out: Callable[[ModelConfig], int]
-    crops: Callable[[ModelConfig], int] = lambda cfg: 1
+def register(name: str, build: Callable[..., nn.Module]) -> None:
+    _REGISTRY[name] = build
 
 
-_REGISTRY: dict[str, ProjectorSpec] = {}
-_PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], ProjectorSpec]]] = []
+def register_pattern(pattern: re.Pattern, factory: Callable[[re.Match], Callable[..., nn.Module]]) -> None:
+    _PATTERNS.append((pattern, factory))
 
 
-def register(name: str, spec: ProjectorSpec) -> None:
-    _REGISTRY[name] = spec
-
-
-def register_pattern(pattern: str, factory: Callable[[re.Match], ProjectorSpec]) -> None:
-    _PATTERNS.append((re.compile(pattern), factory))
-
-
-def get_spec(name: str) -> ProjectorSpec:
+def get_builder(name: str) -> Callable[..., nn.Module]:
     if name in _REGISTRY:
         return _REGISTRY[name]
     for pattern, factory in _PATTERNS:
@@ -50,16 +44,7 @@ def get_spec(name: str) -> ProjectorSpec:
 
 
 def build_projector(cfg: ModelConfig, dtype, param_dtype, name: str = "projector") -> nn.Module:
-    return get_spec(cfg.projector.type).build(cfg, dtype, param_dtype, name=name)
-
-
-def tokens_per_image(cfg: ModelConfig) -> int:
-    return get_spec(cfg.projector.type).tokens_out(cfg)
-
-
-def crops_per_image(cfg: ModelConfig) -> int:
-    """K: views of each image the projector consumes (1, or a global view + tiles)."""
-    return get_spec(cfg.projector.type).crops(cfg)
+    return get_builder(cfg.projector.type)(cfg, dtype, param_dtype, name=name)
 
 
 def _single_crop(features: jax.Array) -> jax.Array:
@@ -92,15 +77,8 @@ class IdentityProjector(nn.Module):
         return _single_crop(features).astype(self.dtype)
 
 
-def _same_count(cfg: ModelConfig) -> int:
-    return cfg.vision.num_feature_tokens
-
-
-def _mlp_spec(depth: int) -> ProjectorSpec:
-    return ProjectorSpec(
-        build=lambda cfg, dt, pdt, name: MLPProjector(cfg.decoder.hidden_size, depth, dt, pdt, name=name),
-        tokens_out=_same_count,
-    )
+def _mlp(depth: int) -> Callable[..., nn.Module]:
+    return lambda cfg, dt, pdt, name: MLPProjector(cfg.decoder.hidden_size, depth, dt, pdt, name=name)
 
 
 def _identity(cfg, dt, pdt, name):
@@ -112,29 +90,10 @@ def _identity(cfg, dt, pdt, name):
     return IdentityProjector(dt, name=name)
 
 
-register("linear", _mlp_spec(1))
-register("identity", ProjectorSpec(build=_identity, tokens_out=_same_count))
-register_pattern(r"mlp(\d+)x_gelu", lambda m: _mlp_spec(int(m.group(1))))
-
-
-def _register_grid_projectors() -> None:
-    from vlm_jax.models.grid_projectors import DownsampleProjector, MultiscalePoolProjector, downsample_tokens
-    from vlm_jax.models.ldp import LDPProjector, ldp_tokens
-
-    out = lambda cfg: cfg.decoder.hidden_size  # noqa: E731
-    register("ldpnet", ProjectorSpec(
-        build=lambda cfg, dt, pdt, name: LDPProjector(out(cfg), dt, pdt, name=name),
-        tokens_out=lambda cfg: ldp_tokens(cfg.vision.num_feature_tokens),
-    ))
-    register("mlp_downsample", ProjectorSpec(
-        build=lambda cfg, dt, pdt, name: DownsampleProjector(out(cfg), dt, pdt, name=name),
-        tokens_out=lambda cfg: downsample_tokens(cfg.vision.num_feature_tokens),
-    ))
-    register("multiscale-pool", ProjectorSpec(
-        build=lambda cfg, dt, pdt, name: MultiscalePoolProjector(out(cfg), cfg.projector.multi_scale, dt, pdt, name=name),
-        tokens_out=_same_count,
-        crops=lambda cfg: 1 + cfg.projector.multi_scale**2,
-    ))
-
-
-_register_grid_projectors()
+register("linear", _mlp(1))
+register("identity", _identity)
+register_pattern(MLP_GELU, lambda m: _mlp(int(m.group(1))))
+register("ldpnet", lambda cfg, dt, pdt, name: LDPProjector(cfg.decoder.hidden_size, dt, pdt, name=name))
+register("mlp_downsample", lambda cfg, dt, pdt, name: DownsampleProjector(cfg.decoder.hidden_size, dt, pdt, name=name))
+register("multiscale-pool", lambda cfg, dt, pdt, name: MultiscalePoolProjector(
+    cfg.decoder.hidden_size, cfg.projector.multi_scale, dt, pdt, name=name))

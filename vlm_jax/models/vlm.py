@@ -10,6 +10,7 @@ import numpy as np
 from flax import linen as nn
 
 from vlm_jax.config import ModelConfig
+from vlm_jax.image_layout import image_layout
 from vlm_jax.models import aligngpt, projectors
 from vlm_jax.models.llama import Decoder
 from vlm_jax.models.vit import VisionTower
@@ -42,14 +43,6 @@ class VLM(nn.Module):
         if c.aligngpt.enabled:
             self.align_indicators, self.gated_weight_layer = aligngpt.build(c.aligngpt, c.decoder.hidden_size, dt, pdt)
 
-    @staticmethod
-    def tokens_per_image(cfg: ModelConfig) -> int:
-        return projectors.tokens_per_image(cfg)
-
-    @staticmethod
-    def crops_per_image(cfg: ModelConfig) -> int:
-        return projectors.crops_per_image(cfg)
-
     def encode_images(self, images: jax.Array) -> jax.Array:
         """uint8 [B, M, K, H, W, 3] -> projected features [B, M * N, D]."""
         b, m, k, h, w, ch = images.shape
@@ -78,7 +71,7 @@ class VLM(nn.Module):
         images = batch.get("images")
         return aligngpt.insert_indicators(
             self.align_indicators, self.gated_weight_layer, self.cfg.aligngpt, x, tokens,
-            image_token_id=self.cfg.image_token_id, tokens_per_image=self.tokens_per_image(self.cfg),
+            image_token_id=self.cfg.image_token_id, tokens_per_image=image_layout(self.cfg).tokens_per_image,
             num_image_slots=0 if images is None else images.shape[1], align_level=batch.get("align_level"),
             segment_ids=jnp.ones_like(tokens) if segment_ids is None else segment_ids,
             positions=positions)
@@ -98,7 +91,8 @@ class VLM(nn.Module):
 
     def dummy_batch(self, batch_size: int = 1) -> dict[str, Any]:
         c = self.cfg
-        n = self.tokens_per_image(c)
+        layout = image_layout(c)
+        n = layout.tokens_per_image
         length = n + 2
         tokens = np.zeros((batch_size, length), np.int32)
         tokens[:, 1 : 1 + n] = c.image_token_id
@@ -107,7 +101,7 @@ class VLM(nn.Module):
             "tokens": jnp.asarray(tokens),
             "positions": jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (batch_size, length)),
             "segment_ids": jnp.ones((batch_size, length), jnp.int32),
-            "images": jnp.zeros((batch_size, 1, projectors.crops_per_image(c), size, size, 3), jnp.uint8),
+            "images": jnp.zeros((batch_size, 1, layout.crops_per_image, size, size, 3), jnp.uint8),
             "image_mask": jnp.ones((batch_size, 1), bool),
         }
 
