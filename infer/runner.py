@@ -123,7 +123,15 @@ def prompt_ids(m: Loaded, template: str, text: str, num_images: int) -> np.ndarr
         raise BadPrompt("empty_question: no text and no image")
     if not tags:
         text = (IMAGE_TOKEN + "\n") * num_images + text
-    ids = templates.generation_prompt([{"from": "human", "value": text}], template, m.tokenizer)
+    return conversation_ids(m, template, [{"from": "human", "value": text}])
+
+
+def conversation_ids(m: Loaded, template: str, conversation: list[dict]) -> np.ndarray:
+    """A LLaVA conversation ([{"from", "value"}], optionally a first "system" turn, ending with a
+    human turn; one `<image>` tag per image) -> prompt ids with an open assistant turn, every image
+    as its N placeholders. Raises templates.TemplateError on a conversation the template rejects."""
+    ids = templates.generation_prompt(conversation, template, m.tokenizer)
+    num_images = sum(1 for t in ids if t == templates.IMAGE_MARKER)
     if m.cfg.aligngpt.enabled and num_images:  # AlignGPT: the gated indicator right after BOS
         ids = [ids[0], m.cfg.aligngpt.indicator_token_id, *ids[1:]]
     n = image_layout(m.cfg).tokens_per_image
@@ -133,15 +141,21 @@ def prompt_ids(m: Loaded, template: str, text: str, num_images: int) -> np.ndarr
 
 def load_image(m: Loaded, path: str) -> np.ndarray:
     """-> uint8 [K, H, W, 3]; an unreadable or undecodable file is a BadPrompt naming it."""
-    v = m.cfg.vision
     try:
         with open(path, "rb") as f:
-            img = img_lib.decode(f.read(), path)
+            data = f.read()
     except OSError as e:
         raise BadPrompt(f"missing_image: {path}: {e.strerror or e}") from None
+    try:
+        return image_from_bytes(m, data, path)
     except SkipExample as e:
         raise BadPrompt(str(e)) from None
-    return img_lib.crops(img, m.aspect, v.image_size, v.image_mean, image_layout(m.cfg).tiling)
+
+
+def image_from_bytes(m: Loaded, data: bytes, name: str = "") -> np.ndarray:
+    """Encoded image bytes -> uint8 [K, H, W, 3]; bad bytes raise SkipExample naming `name`."""
+    v = m.cfg.vision
+    return img_lib.crops(img_lib.decode(data, name), m.aspect, v.image_size, v.image_mean, image_layout(m.cfg).tiling)
 
 
 def prepare(m: Loaded, template: str, text: str, image_paths: Sequence[str]) -> tuple[np.ndarray, list]:
@@ -157,13 +171,15 @@ def prepare(m: Loaded, template: str, text: str, image_paths: Sequence[str]) -> 
     return ids, [load_image(m, p) for p in image_paths]
 
 
-def make_batch(m: Loaded, rows: Sequence[tuple[np.ndarray, list]], num_rows: Optional[int] = None) -> dict:
-    """[(prompt ids, [uint8 [K,H,W,3] per image])] -> left-padded batch (+ filler rows up to num_rows)."""
+def make_batch(m: Loaded, rows: Sequence[tuple[np.ndarray, list]], num_rows: Optional[int] = None,
+               length: int = 0, slots: int = 0) -> dict:
+    """[(prompt ids, [uint8 [K,H,W,3] per image])] -> left-padded batch (+ filler rows up to num_rows),
+    at least `length` tokens and `slots` image slots wide (fixed shapes for a server)."""
     rows = list(rows) + [rows[0]] * max(0, (num_rows or 0) - len(rows))
-    length = -(-max(len(ids) for ids, _ in rows) // PAD_TO) * PAD_TO
+    length = max(length, -(-max(len(ids) for ids, _ in rows) // PAD_TO) * PAD_TO)
     v = m.cfg.vision
     k = image_layout(m.cfg).crops_per_image
-    slots = max(len(ims) for _, ims in rows)
+    slots = max(slots, max(len(ims) for _, ims in rows))
     tokens = np.full((len(rows), length), m.tokenizer.pad_id, np.int32)
     mask = np.zeros((len(rows), length), bool)
     images = np.zeros((len(rows), slots, k, v.image_size, v.image_size, 3), np.uint8)
@@ -193,9 +209,39 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text
 
 
-def decode_text(m: Loaded, template: str, ids) -> str:
-    stops = templates.stop_strings(template, m.tokenizer)
+def decode_text(m: Loaded, template: str, ids, extra_stops: Sequence[str] = ()) -> str:
+    stops = (*templates.stop_strings(template, m.tokenizer), *extra_stops)
     return cut_at_stop(m.tokenizer.decode(list(ids), skip_special_tokens=True), stops).strip()
+
+
+class TextStream:
+    """The growing answer of one row as text deltas whose concatenation is `decode_text`: text that
+    could still turn into a stop string, trailing whitespace (stripped at the end) and a trailing
+    partial UTF-8 character are held back until later tokens settle them."""
+
+    def __init__(self, m: Loaded, template: str, extra_stops: Sequence[str] = ()):
+        self.m, self.template, self.extra = m, template, tuple(s for s in extra_stops if s)
+        self.stops = (*templates.stop_strings(template, m.tokenizer), *self.extra)
+        self.shown = ""
+        self.stopped = False  # a stop string appeared in the text
+
+    def update(self, ids) -> str:
+        text = self.m.tokenizer.decode(list(ids), skip_special_tokens=True)
+        visible = cut_at_stop(text, self.stops)
+        self.stopped = visible != text
+        hold = 0 if self.stopped else max((len(s) for s in self.stops), default=1) - 1
+        visible = visible.lstrip()
+        ready = visible[: max(len(visible) - hold, 0)].rstrip().rstrip("\ufffd")
+        return self._advance(ready)
+
+    def finish(self, ids) -> str:
+        return self._advance(decode_text(self.m, self.template, ids, self.extra))
+
+    def _advance(self, ready: str) -> str:
+        if len(ready) <= len(self.shown) or not ready.startswith(self.shown):
+            return ""
+        delta, self.shown = ready[len(self.shown):], ready
+        return delta
 
 
 def run(m: Loaded, template: str, rows, sc: gen.SamplingConfig, seed: int = 0, num_rows: Optional[int] = None,

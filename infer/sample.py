@@ -70,31 +70,20 @@ def _check(args, parser, prompts):
 
 
 class _Streamer:
-    """Prints the growing answer of row 0, holding back text that could be the start of a stop string."""
+    """Prints the growing answer of row 0 (runner.TextStream holds back what may still change)."""
 
     def __init__(self, m, template):
         from infer import runner
-        from vlm_jax.data import templates
 
-        self.m, self.template, self.runner = m, template, runner
-        self.stops = templates.stop_strings(template, m.tokenizer)
-        self.shown = ""
+        self.text = runner.TextStream(m, template)
 
     def __call__(self, row: int, ids: list) -> None:
-        text = self.m.tokenizer.decode(ids, skip_special_tokens=True)
-        visible = self.runner.cut_at_stop(text, self.stops)
-        hold = 0 if visible != text else max((len(s) for s in self.stops), default=1) - 1
-        visible = visible.lstrip()
-        ready = visible[: max(len(visible) - hold, 0)]
-        if len(ready) > len(self.shown) and ready.startswith(self.shown):
-            sys.stdout.write(ready[len(self.shown):])
+        if row == 0:
+            sys.stdout.write(self.text.update(ids))
             sys.stdout.flush()
-            self.shown = ready
 
     def finish(self, ids: list) -> None:
-        final = self.runner.decode_text(self.m, self.template, ids)
-        if final.startswith(self.shown):
-            sys.stdout.write(final[len(self.shown):])
+        sys.stdout.write(self.text.finish(ids))
         print(flush=True)
 
 

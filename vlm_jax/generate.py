@@ -13,6 +13,9 @@ comparison; see bench/generate.py).
 Decoding runs in segments: `decode(state, limit)` advances until `limit` tokens exist (or every row
 stopped), so a caller can stream by calling it with growing limits; `generate` runs it once.
 Sampling is seeded per step (`fold_in(rng, step)`), so segmenting never changes the sample.
+A batch of keys (`rng` of shape [B]) and per-row knobs (`row_knobs`) give every row its own seed and
+temperature/top-k/top-p (a server batching unrelated requests): a row's sample then does not
+depend on the rows beside it.
 """
 
 from __future__ import annotations
@@ -69,29 +72,50 @@ class DecodeState(NamedTuple):
 def sample_logits(logits: jax.Array, rng: jax.Array, sc: SamplingConfig, knobs: Optional[dict] = None) -> jax.Array:
     """[B, V] float32 -> [B] int32. HF's warper order: temperature, top-k, top-p.
 
-    `knobs` holds temperature/top_k/top_p as traced scalars (see `sampling_knobs`), so changing
-    them never recompiles; only greedy-or-not is static."""
+    `knobs` holds temperature/top_k/top_p as traced scalars (see `sampling_knobs`) or per-row [B]
+    arrays (`row_knobs`, whose `greedy` rows take the argmax), so changing them never recompiles;
+    only greedy-or-not is static. `rng` is one key or one key per row."""
+    best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if sc.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return best
     knobs = sampling_knobs(sc) if knobs is None else knobs
+    col = {k: jnp.reshape(v, (-1, 1)) for k, v in knobs.items()}  # scalars -> [1, 1], rows -> [B, 1]
     vocab = logits.shape[-1]
-    logits = logits.astype(jnp.float32) / knobs["temperature"]
+    logits = logits.astype(jnp.float32) / col["temperature"]
     desc = -jnp.sort(-logits, axis=-1)
-    k = jnp.where(knobs["top_k"] > 0, jnp.minimum(knobs["top_k"], vocab), vocab)
+    k = jnp.where(col["top_k"] > 0, jnp.minimum(col["top_k"], vocab), vocab)
     desc = jnp.where(jnp.arange(vocab)[None] < k, desc, -jnp.inf)
     probs = jax.nn.softmax(desc, axis=-1)
     # keep a token while the tokens ranked above it have not reached top_p (the top one always stays)
-    keep = ((jnp.cumsum(probs, axis=-1) - probs) < knobs["top_p"]) | (knobs["top_p"] >= 1.0)
+    keep = ((jnp.cumsum(probs, axis=-1) - probs) < col["top_p"]) | (col["top_p"] >= 1.0)
     keep = keep & (jnp.arange(vocab)[None] < k)
     count = jnp.maximum(keep.sum(axis=-1, keepdims=True), 1)
     threshold = jnp.take_along_axis(desc, count - 1, axis=-1)
     logits = jnp.where(logits < threshold, -jnp.inf, logits)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    if rng.ndim:  # a key per row
+        drawn = jax.vmap(lambda r, x: jax.random.categorical(r, x))(rng, logits).astype(jnp.int32)
+    else:
+        drawn = jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    return jnp.where(knobs["greedy"], best, drawn) if "greedy" in knobs else drawn
+
+
+def _step_key(rng: jax.Array, step) -> jax.Array:
+    """The sampling key of `step`: fold_in of the batch key, or of every row's key."""
+    if rng.ndim:
+        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, step)
+    return jax.random.fold_in(rng, step)
 
 
 def sampling_knobs(sc: SamplingConfig) -> dict:
     return {"temperature": jnp.float32(max(sc.temperature, 1e-6)), "top_k": jnp.int32(sc.top_k),
             "top_p": jnp.float32(sc.top_p)}
+
+
+def row_knobs(temperature: Sequence[float], top_k: Sequence[int], top_p: Sequence[float]) -> dict:
+    """Per-row knobs ([B] arrays); a row with temperature 0 decodes greedily."""
+    t = np.asarray(temperature, np.float32)
+    return {"temperature": jnp.asarray(np.maximum(t, 1e-6)), "top_k": jnp.asarray(np.asarray(top_k, np.int32)),
+            "top_p": jnp.asarray(np.asarray(top_p, np.float32)), "greedy": jnp.asarray(t <= 0.0)}
 
 
 def static_part(sc: SamplingConfig) -> SamplingConfig:
@@ -223,7 +247,7 @@ def prefill(cfg: ModelConfig, params: dict, batch: dict, rng: jax.Array, sc: Sam
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)
     logits = _final_logits(model, params, h_last)[:, 0]
 
-    first = sample_logits(logits, jax.random.fold_in(rng, 0), sc, knobs)
+    first = sample_logits(logits, _step_key(rng, 0), sc, knobs)
     out = jnp.full((b, sc.max_new_tokens), sc.pad_id, jnp.int32).at[:, 0].set(first)
     done = _hits_stop(out, jnp.int32(0), first, sc)
     all_logits = None
@@ -250,7 +274,7 @@ def decode_step(cfg: ModelConfig, params: dict, layers, state: DecodeState, sc: 
     h, cache = _run_layers(cfg, layers, x, cos, sin, mask, state.cache, index, sc.unroll_layers)
     logits = _final_logits(model, params, h)[:, 0]
 
-    new = sample_logits(logits, jax.random.fold_in(state.rng, step), sc, state.knobs)
+    new = sample_logits(logits, _step_key(state.rng, step), sc, state.knobs)
     new = jnp.where(state.done, sc.pad_id, new)
     tokens = jax.lax.dynamic_update_index_in_dim(state.tokens, new, step, axis=1)
     done = state.done | _hits_stop(tokens, step, new, sc)
@@ -286,23 +310,26 @@ def decode_jit(params, state, limit, *, cfg: ModelConfig, sc: SamplingConfig) ->
 
 
 def generate(cfg: ModelConfig, params: dict, batch: dict, sc: SamplingConfig, rng: Optional[jax.Array] = None,
-             chunk: int = 0, on_tokens=None) -> DecodeState:
+             chunk: int = 0, on_tokens=None, knobs: Optional[dict] = None) -> DecodeState:
     """Prefill + decode. With `chunk` > 0 the loop runs in segments of `chunk` tokens and
-    `on_tokens(state)` is called after the prefill and after every segment (streaming)."""
+    `on_tokens(state)` is called after the prefill and after every segment (streaming); it may
+    return a [B] bool array of rows to stop there (a caller's own stop rule or token budget).
+    `knobs` (see `row_knobs`) replaces the sampling config's temperature/top-k/top-p."""
     cfg, params = merge_lora(cfg, params)
     cfg = hashable_config(cfg)
     params = jax.tree.map(jnp.asarray, params)
     rng = jax.random.key(0) if rng is None else rng
-    knobs, sc = sampling_knobs(sc), static_part(sc)
-    state = prefill_jit(params, batch, rng, knobs, cfg=cfg, sc=sc)
-    if on_tokens is not None:
-        on_tokens(state)
+    knobs, sc = (sampling_knobs(sc) if knobs is None else knobs), static_part(sc)
+
+    def report(state):
+        stop = None if on_tokens is None else on_tokens(state)
+        return state if stop is None else state._replace(done=state.done | jnp.asarray(stop, bool))
+
+    state = report(prefill_jit(params, batch, rng, knobs, cfg=cfg, sc=sc))
     limit = 1
     while True:
         limit = sc.max_new_tokens if chunk <= 0 else min(limit + chunk, sc.max_new_tokens)
-        state = decode_jit(params, state, jnp.int32(limit), cfg=cfg, sc=sc)
-        if on_tokens is not None:
-            on_tokens(state)
+        state = report(decode_jit(params, state, jnp.int32(limit), cfg=cfg, sc=sc))
         if limit >= sc.max_new_tokens or bool(jax.device_get(jnp.all(state.done))):
             return state
 
