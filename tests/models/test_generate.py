@@ -136,3 +136,34 @@ def test_sampling_seeded_topk1_and_stops():
     assert rows[0] == row[: row.index(row[3]) + 1] or rows[0][-2:] == row[2:4]
     assert rows[1][-1] == greedy[1, 1] and len(rows[1]) <= 2
     assert (np.asarray(st.tokens)[1, len(rows[1]):] == 0).all()
+
+
+def test_per_row_keys_and_knobs_do_not_depend_on_the_other_rows():
+    """A server batches unrelated requests: with a key and knobs per row, a row samples what it
+    samples alone; temperature-0 rows of a sampled batch are greedy; on_tokens can stop a row."""
+    _, cfg, params = tiny("siglip-qwen2")
+    prompts, counts = _prompts()
+    imgs = _images(counts)
+    batch = _batch(prompts, counts, imgs)
+    greedy = np.asarray(gen.generate(cfg, params, batch, gen.SamplingConfig(max_new_tokens=8)).tokens)
+    hot = gen.SamplingConfig(max_new_tokens=8, temperature=1.0)
+    keys = jax.vmap(jax.random.key)(jnp.asarray([11, 12, 13], jnp.uint32))
+    knobs = gen.row_knobs([30.0, 0.0, 5.0], [0, 0, 50], [0.95, 1.0, 1.0])
+    together = np.asarray(gen.generate(cfg, params, batch, hot, keys, knobs=knobs).tokens)
+    np.testing.assert_array_equal(together[1], greedy[1])
+    assert not np.array_equal(together[0], greedy[0])
+    for i in (0, 2):  # the same row alone (its own images), with its own key and knobs
+        alone = _batch([prompts[i]], [counts[i]], imgs[: counts[0]] if i == 0 else imgs[counts[0]:])
+        k = {name: v[i : i + 1] for name, v in knobs.items()}
+        got = np.asarray(gen.generate(cfg, params, alone, hot, keys[i : i + 1], knobs=k).tokens)
+        np.testing.assert_array_equal(got[0], together[i])
+
+    seen = []
+
+    def stop_row_0_after_prefill(state):
+        seen.append(int(np.asarray(state.num_tokens)[0]))
+        return np.asarray([True, False, False])
+
+    st = gen.generate(cfg, params, batch, gen.SamplingConfig(max_new_tokens=8), chunk=3, on_tokens=stop_row_0_after_prefill)
+    assert _rows(st)[0] == [greedy[0, 0]] and _rows(st)[1] == list(greedy[1][: len(_rows(st)[1])])
+    assert len(_rows(st)[1]) == 8 and seen[0] == 1
