@@ -133,8 +133,10 @@ class ModelConfig:
 
 @dataclass
 class DataSourceConfig:
-    path: str = ""  # a file, a glob, or a directory of *.array_record shards
-    format: str = "auto"  # auto (by extension) | llava_json | jsonl | array_record
+    path: str = ""  # a file, a glob, a directory of *.array_record shards, or (tfds) a dataset name[:version]
+    format: str = "auto"  # auto (by extension) | llava_json | jsonl | array_record | tfds
+    split: str = "train"  # tfds only: the split, slicing allowed ("train[:90%]")
+    data_dir: str = ""  # tfds only: where the prepared dataset lives (default: TFDS's own default)
     image_folder: str = ""  # image paths in records are relative to this (JSON/JSONL only)
     # Mixture weight. All None = concatenate the sources; otherwise every source needs one and the
     # mix follows the weights exactly (an epoch ends when the first source is used up).

@@ -1,4 +1,4 @@
-"""Random-access record sources: LLaVA JSON lists, JSONL files and ArrayRecord shards.
+"""Random-access record sources: LLaVA JSON lists, JSONL files, ArrayRecord shards and TFDS datasets.
 
 A source returns *raw* records (`RawRecord`); parsing and validation happen later, in the
 pipeline's worker threads, so that one bad record is skipped and counted instead of failing the
@@ -216,6 +216,24 @@ class ArrayRecordSource:
         return RawRecord(self._paths[f], i - int(self._cum[f]), self._ds[i], "", self.name)
 
 
+class TfdsSource:
+    """A TFDS dataset prepared as ArrayRecord, read by index (see tfds_source); images embedded."""
+
+    def __init__(self, name: str, split: str, data_dir: str = "", label: str = ""):
+        from vlm_jax.data import tfds_source  # noqa: PLC0415 (imports TFDS, only when used)
+
+        self._ds, self.where = tfds_source.open_data_source(name, split, data_dir)
+        self._to_llava = tfds_source.to_llava
+        self.name = label
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def __getitem__(self, i: int) -> RawRecord:
+        record, images = self._to_llava(self._ds[i])
+        return RawRecord(self.where, i, encode_record(record, images), "", self.name)
+
+
 def _detect_format(path: str) -> str:
     if os.path.isdir(path) or ".array_record" in path:
         return "array_record"
@@ -232,6 +250,8 @@ def open_source(cfg: DataSourceConfig):
         raise DataError("data source without a path")
     fmt = _detect_format(cfg.path) if cfg.format == "auto" else cfg.format
     name = cfg.name or os.path.splitext(os.path.basename(cfg.path.rstrip("/")))[0]
+    if fmt == "tfds":
+        return TfdsSource(cfg.path, cfg.split, cfg.data_dir, cfg.name or cfg.path.split(":")[0])
     if fmt == "array_record":
         if os.path.isdir(cfg.path):
             paths = sorted(glob.glob(os.path.join(cfg.path, "*.array_record*")))
@@ -246,5 +266,5 @@ def open_source(cfg: DataSourceConfig):
         cls = LlavaJsonSource if fmt == "llava_json" else JsonlSource
         src = cls(cfg.path, cfg.image_folder, name)
     else:
-        raise DataError(f"{cfg.path}: unknown data format {fmt!r} (llava_json | jsonl | array_record)")
+        raise DataError(f"{cfg.path}: unknown data format {fmt!r} (llava_json | jsonl | array_record | tfds)")
     return src
