@@ -42,7 +42,7 @@ class Service:
         self.model_name, self.image_root = model_name, image_root
         self.default_max_tokens = default_max_tokens
         self.defaults = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, **(defaults or {})}
-        self.context = engine.m.cfg.decoder.max_position_embeddings
+        self.context = runner.context_length(engine.m)
         self.created = int(time.time())
 
     def job(self, req: serve_api.ChatRequest, emit) -> Job:
