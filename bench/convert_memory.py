@@ -26,7 +26,7 @@ HIDDEN, FFN, VOCAB = 2048, 5632, 1024
 def generate(out: str, gb: float, shard_bytes: int) -> None:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    from convert.tensor_io import ShardedSafetensorsWriter
+    from convert.api import ShardedSafetensorsWriter
 
     per_layer = 4 * HIDDEN * HIDDEN + 3 * HIDDEN * FFN + 2 * HIDDEN
     layers = max(1, round(gb * 1e9 / 4 / per_layer))
@@ -82,7 +82,7 @@ def sizes(path: str) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    from convert.files import parse_size
+    from convert.api import parse_size
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gb", type=float, default=1.0)
@@ -94,7 +94,7 @@ def main() -> None:
     generate(src, args.gb, parse_size(args.shard_size))
     total, largest, n_files = sizes(src)
     py = [sys.executable, "-m", "convert"]
-    base, _ = child_peak_mb([sys.executable, "-c", "import convert.engine, convert.hf_llava"])
+    base, _ = child_peak_mb([sys.executable, "-c", "import convert.api, convert.formats.hf_llava"])
     imp, t_imp = child_peak_mb(py + ["import", "--format", "hf-llava", "--src", src, "--out", ckpt, "--no-progress"])
     exp, t_exp = child_peak_mb(py + ["export", "--format", "hf-llava", "--src", ckpt, "--out", out, "--no-progress",
                                      "--max-shard-size", args.shard_size])

@@ -89,14 +89,14 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from infer.runner import _hf_in_memory
+    from convert.api import load_in_memory
     from vlm_jax import generate as gen
     from vlm_jax.image_layout import image_layout
 
     hf = hf_model(args)
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        params, cfg, _ = _hf_in_memory(tmp)
+        params, cfg, _ = load_in_memory(tmp)
     params = jax.tree.map(jnp.asarray, params)
     hcfg = gen.hashable_config(cfg)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

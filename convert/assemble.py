@@ -14,37 +14,30 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
+from transformers import AutoTokenizer
 
-from convert import engine, hf_configs, llava_original, projector_keys
+from convert import engine, folder_keys, hf_configs, preprocessor, projector_keys
 from convert.files import copy_tokenizer, read_json
+from convert.formats.llava import IMAGE_SENTINEL, PROJECTOR
 from vlm_jax.config import ModelConfig, ProjectorConfig
 from vlm_jax.models import projectors
 from vlm_jax.models.vit import num_layers_used
 
 
-def lm_key(key: str) -> Optional[str]:
-    if key == "lm_head.weight":
-        return key
-    return "lm." + key[len("model."):] if key.startswith("model.") else None
-
-
 def projector_key(key: str, projector_type: str = "mlp2x_gelu") -> Optional[str]:
-    return projector_keys.to_canonical(key.split(llava_original.PROJECTOR, 1)[1], projector_type) \
-        if llava_original.PROJECTOR in key else None
+    """Key of a stage-1 mm_projector.bin -> canonical."""
+    return projector_keys.to_canonical(key.split(PROJECTOR, 1)[1], projector_type) if PROJECTOR in key else None
 
 
 def fresh_projector(cfg: ModelConfig, seed: int) -> dict:
     module = projectors.build_projector(cfg, jnp.float32, jnp.float32, name="projector")
     feats = jnp.zeros((1, 1, cfg.vision.num_feature_tokens, cfg.vision.hidden_size), jnp.float32)
     params = jax.jit(lambda k: module.init(k, feats))(jax.random.key(seed))["params"]
-    from flax import linen as nn
-
     return {"projector": jax.tree.map(np.asarray, nn.unbox(params))}
 
 
 def _add_image_token(llm: str, tok_dir: str) -> int:
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(llm, trust_remote_code=False, local_files_only=True)
     tok.add_tokens(["<image>"], special_tokens=True)
     tok.save_pretrained(tok_dir)
@@ -67,15 +60,15 @@ def assemble(vision: str, llm: str, out: str, *, projector: Optional[str] = None
              select_layer: int = -2, select_feature: str = "patch", image_token: str = "sentinel", seed: int = 0,
              dtype: str = "float32", progress: bool = True) -> ModelConfig:
     vc = hf_configs.vision_part(hf_configs.load_config(vision))
-    preprocessor = read_json(os.path.join(vision, "preprocessor_config.json"))
-    cfg = ModelConfig(vision=hf_configs.vision_from_hf(vc, select_layer, select_feature, preprocessor),
+    pre = preprocessor.read(vision)
+    cfg = ModelConfig(vision=hf_configs.vision_from_hf(vc, select_layer, select_feature, pre),
                       projector=ProjectorConfig(type=projector_type),
                       decoder=hf_configs.decoder_from_hf(hf_configs.load_config(llm)),
-                      image_token_id=llava_original.IMAGE_SENTINEL)
+                      image_token_id=IMAGE_SENTINEL)
     num_layers_used(cfg.vision)  # validates select_layer
     projectors.get_builder(projector_type)
-    sources = [engine.Source(vision, llava_original.vision_folder_key, False, "vision"),
-               engine.Source(llm, lm_key, False, "llm")]
+    sources = [engine.Source(vision, folder_keys.vision_key, False, "vision"),
+               engine.Source(llm, folder_keys.lm_key, False, "llm")]
     if projector:
         sources.append(engine.Source(projector, lambda k: projector_key(k, projector_type), False, "projector"))
     os.makedirs(out, exist_ok=True)
@@ -92,6 +85,6 @@ def assemble(vision: str, llm: str, out: str, *, projector: Optional[str] = None
         has_tok = copy_tokenizer(llm, tok)
     source = {"format": "assemble", "vision": os.path.abspath(vision), "llm": os.path.abspath(llm),
               "projector": os.path.abspath(projector) if projector else None, "seed": seed,
-              "preprocessor": preprocessor, "generation_config": read_json(os.path.join(llm, "generation_config.json"))}
+              "preprocessor": pre, "generation_config": read_json(os.path.join(llm, "generation_config.json"))}
     engine.write_ckpt(out, result, cfg, source, tokenizer_dir=tok if has_tok else None)
     return cfg

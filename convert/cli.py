@@ -12,8 +12,8 @@ import argparse
 import sys
 from typing import Optional
 
-FORMATS = ("hf-llava", "llava", "palo", "vila", "aligngpt", "centurio")
-IMPORT_FORMATS = FORMATS + ("peft",)
+from convert import formats
+from convert.files import parse_size
 
 EPILOG = """examples:
   python -m convert import --format hf-llava --src llava-1.5-7b-hf --out ckpt/llava15
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     imp = sub.add_parser("import", help="HF / original LLaVA checkpoint -> CKPT folder")
-    imp.add_argument("--format", required=True, choices=IMPORT_FORMATS)
+    imp.add_argument("--format", required=True, choices=formats.names())
     imp.add_argument("--src", required=True, help="checkpoint folder (config.json + weights) or weights file")
     imp.add_argument("--base", help="peft: the CKPT folder the adapter applies to")
     imp.add_argument("--out", required=True, help="CKPT folder to write")
@@ -49,16 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(imp)
 
     exp = sub.add_parser("export", help="CKPT folder -> HF / original LLaVA checkpoint")
-    exp.add_argument("--format", required=True, choices=FORMATS)
+    exp.add_argument("--format", required=True, choices=[n for n in formats.names() if n != "peft"])
     exp.add_argument("--src", required=True, help="CKPT folder")
     exp.add_argument("--out", required=True, help="output folder")
     exp.add_argument("--max-shard-size", default="5GB", help="safetensors shard size (default 5GB)")
     exp.add_argument("--dtype", help="tensor dtype (default: the dtypes of the imported source, else the params')")
     exp.add_argument("--layout", choices=("hf5", "hf4"),
                      help="hf-llava key names (default: as imported, else hf5 = model.language_model.*)")
-    exp.add_argument("--weights", choices=("safetensors", "bin"), default="safetensors",
+    exp.add_argument("--weights", choices=("safetensors", "bin"),
                      help="llava, palo: weight file format (default safetensors)")
-    exp.add_argument("--vision-tower", choices=("auto", "include", "omit"), default="auto",
+    exp.add_argument("--vision-tower", choices=("auto", "include", "omit"),
                      help="llava, palo, aligngpt: write the vision tower into the checkpoint (auto: as imported, "
                           "else include)")
     exp.add_argument("--projector-only", action="store_true",
@@ -88,101 +88,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _peft_key_function(fmt: str, layout: Optional[str], cfg):
-    """canonical name -> module key in the model PEFT wraps for `fmt`."""
-    if fmt == "hf-llava":
-        from convert import hf_llava
-
-        return hf_llava.key_functions(layout or "hf5", False)[1]
-    if fmt == "vila":
-        from convert import vila
-
-        llm_from = vila.key_functions(cfg.projector.type)["llm"][1]
-        return lambda name: "llm." + llm_from(name)
-    if fmt == "aligngpt":
-        from convert import aligngpt
-
-        return aligngpt.key_functions(True, cfg.projector.type)[1]
-    if fmt == "centurio":
-        from convert import centurio
-
-        return centurio.key_functions(layout or "hf4")[1]
-    from convert import llava_original
-
-    return llava_original.key_functions(True, cfg.projector.type)[1]
-
-
-def _module(fmt: str):
-    import importlib
-
-    return importlib.import_module({"hf-llava": "convert.hf_llava", "llava": "convert.llava_original"}.get(
-        fmt, f"convert.{fmt}"))
-
-
-def run_import(args: argparse.Namespace, progress: bool) -> None:
-    if args.format != "peft" and args.base:
-        raise SystemExit("error: --base is only for --format peft")
-    if args.vision and args.format not in ("llava", "palo", "aligngpt"):
-        raise SystemExit("error: --vision is only for --format llava, palo, aligngpt")
-    if args.format == "peft":
-        from convert import lora
-
-        if not args.base:
-            raise SystemExit("error: --format peft needs --base CKPT")
-        lora.import_peft(args.src, args.base, args.out)
-        return
-    kw = {"vision": args.vision} if args.format in ("llava", "palo", "aligngpt") else {}
-    _module(args.format).import_checkpoint(args.src, args.out, dtype=args.dtype, progress=progress, **kw)
-
-
-def run_export(args: argparse.Namespace, progress: bool) -> None:
-    from convert.files import parse_size
-
-    if args.lora == "peft":
-        from convert import engine, lora
-        from vlm_jax.config import load_model_config
-
-        cfg = load_model_config(f"{args.src}/model_config.yaml")
-        if not lora.has_adapters(cfg):
-            raise engine.ConversionError(f"{args.src} has no LoRA adapters (model.lora.rank = 0)")
-        lora.export_peft(args.src, args.out, _peft_key_function(args.format, args.layout, cfg),
-                         base_model=args.base_model, dtype=args.dtype)
-        return
-    kw = dict(dtype=args.dtype, max_shard_bytes=parse_size(args.max_shard_size), progress=progress,
-              lora_policy=args.lora)
-    if args.format in ("hf-llava", "centurio"):
-        kw["layout"] = args.layout
-    if args.format in ("llava", "palo"):
-        kw.update(weights=args.weights, vision_tower=args.vision_tower, projector_only=args.projector_only)
-    if args.format == "aligngpt":
-        kw["vision_tower"] = args.vision_tower
-    _module(args.format).export_checkpoint(args.src, args.out, **kw)
-
-
 def run(args: argparse.Namespace) -> None:
+    from convert import api  # heavy imports only after usage errors / --help
+
     progress = not args.no_progress
     if args.command == "import":
-        run_import(args, progress)
+        options = {k: getattr(args, k) for k in ("vision", "base") if getattr(args, k) is not None}
+        api.import_checkpoint(args.format, args.src, args.out, dtype=args.dtype, progress=progress, **options)
     elif args.command == "export":
-        run_export(args, progress)
+        options = {k: getattr(args, k) for k in ("layout", "weights", "vision_tower") if getattr(args, k) is not None}
+        if args.projector_only:
+            options["projector_only"] = True
+        api.export_checkpoint(args.format, args.src, args.out, lora=args.lora, dtype=args.dtype,
+                              max_shard_bytes=parse_size(args.max_shard_size), progress=progress,
+                              base_model=args.base_model, **options)
     else:
-        from convert import assemble
-
-        assemble.assemble(args.vision, args.llm, args.out, projector=args.projector,
-                          projector_type=args.projector_type, select_layer=args.select_layer,
-                          select_feature=args.select_feature, image_token=args.image_token, seed=args.seed,
-                          dtype=args.dtype, progress=progress)
+        api.assemble(args.vision, args.llm, args.out, projector=args.projector, projector_type=args.projector_type,
+                     select_layer=args.select_layer, select_feature=args.select_feature, image_token=args.image_token,
+                     seed=args.seed, dtype=args.dtype, progress=progress)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Returns 0 on success, 1 on a conversion error; argparse exits with 2 on bad usage."""
     args = build_parser().parse_args(argv)
-    from convert.engine import ConversionError  # heavy imports only after usage errors / --help
+    from convert.engine import ConversionError, UsageError
     from convert.hf_configs import UnsupportedConfig
 
     try:
         run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (ConversionError, UnsupportedConfig, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

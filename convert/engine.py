@@ -34,6 +34,10 @@ class ConversionError(ValueError):
     pass
 
 
+class UsageError(ValueError):
+    """Options that do not fit together (the CLI exits with 2, as argparse does)."""
+
+
 @dataclass
 class Source:
     path: str  # weights file or folder
@@ -64,12 +68,12 @@ def _report(title: str, names: list[str], limit: int = 40) -> None:
             log(f"  ... and {len(names) - limit} more")
 
 
-def import_weights(sources: list[Source], cfg: ModelConfig, out_dir: str, *, dtype: str = "float32",
+def import_weights(sources: list[Source], cfg: ModelConfig, out_dir: Optional[str], *, dtype: str = "float32",
                    fresh: Optional[Callable[[], dict]] = None, fresh_prefix: str = "projector.",
                    progress: bool = True) -> ImportResult:
     """Read `sources` tensor by tensor into a numpy param tree for `cfg`; unused tensors of sources
-    with `keep_unused` go to `<out_dir>/extra_tensors.safetensors`. Entries missing from every
-    source are an error, except those under `fresh_prefix` when `fresh()` (-> param subtree) is given."""
+    with `keep_unused` go to `<out_dir>/extra_tensors.safetensors` (none when out_dir is None). Entries
+    missing from every source are an error, except those under `fresh_prefix` when `fresh()` (-> param subtree) is given."""
     cfg.param_dtype = np_dtype(dtype).name
     entries = {e.key: e for e in mapping.all_entries(cfg)}
     shapes = VLM(cfg).abstract_params()
@@ -92,7 +96,7 @@ def import_weights(sources: list[Source], cfg: ModelConfig, out_dir: str, *, dty
                 want[info.key] = canon
                 continue
             unused.append((src.name or src.path, info.key))
-            if src.keep_unused:
+            if src.keep_unused and out_dir is not None:
                 name = canon if canon and canon not in entries else f"raw.{info.key}"
                 want[info.key] = None
                 extras_plan.append((info.key, name, info.shape, info.dtype))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
 from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, Qwen2Config, SiglipVisionConfig
 
+from convert import preprocessor
 from vlm_jax.config import DecoderConfig, VisionConfig
+from vlm_jax.models.vit import num_layers_used
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,11 +34,23 @@ def vision_part(config):
     return getattr(config, "vision_config", None) or config
 
 
-def read_preprocessor(path: Optional[str]) -> Optional[dict]:
-    if path and os.path.isfile(os.path.join(path, "preprocessor_config.json")):
-        with open(os.path.join(path, "preprocessor_config.json"), encoding="utf-8") as f:
-            return json.load(f)
-    return None
+def vision_config_from_dict(d: dict):
+    """A vision tower's config dict (model_type clip_vision_model / siglip_vision_model) as its config class."""
+    cls = {"siglip_vision_model": SiglipVisionConfig, "clip_vision_model": CLIPVisionConfig}.get(d.get("model_type"))
+    if cls is None:
+        raise UnsupportedConfig(f"vision_tower model_type {d.get('model_type')!r} is not supported")
+    return cls.from_dict({k: v for k, v in d.items() if k != "model_type"})
+
+
+def text_config_from_dict(d: dict):
+    """A decoder config dict (also the LLaMA part of an original LLaVA config.json) as LlamaConfig / Qwen2Config."""
+    cls = Qwen2Config if "qwen" in str(d.get("model_type", "")).lower() else LlamaConfig
+    return cls.from_dict({k: v for k, v in d.items() if k != "model_type"})
+
+
+def vision_from_folder(folder: str) -> VisionConfig:
+    """The VisionConfig of an HF CLIP/SigLIP folder (LLaVA's select layer -2; callers set their own)."""
+    return vision_from_hf(vision_part(load_config(folder)), -2, "patch", preprocessor.read(folder))
 
 
 def vision_from_hf(vc, select_layer: int, select_feature: str, preprocessor: Optional[dict] = None) -> VisionConfig:
@@ -65,6 +78,21 @@ def vision_to_hf(v: VisionConfig, num_layers: int, use_head: bool = False):
     if v.kind == "clip":
         return CLIPVisionConfig(**kw)
     return SiglipVisionConfig(vision_use_head=use_head, **kw)
+
+
+def vision_layers_held(v: VisionConfig, extra_names: list[str]) -> int:
+    """Vision layers of an exported tower: ours plus consecutive later layers kept aside at import."""
+    n = num_layers_used(v)
+    while any(x.startswith(f"vision.encoder.layers.{n}.") for x in extra_names):
+        n += 1
+    return n
+
+
+def tower_to_hf(v: VisionConfig, extra_names: list[str]):
+    """(HF vision config of the tower that exists, vision_feature_layer that selects our layer in it)."""
+    n_used, n_total = num_layers_used(v), vision_layers_held(v, extra_names)
+    use_head = any(x.startswith("vision.head.") for x in extra_names)
+    return vision_to_hf(v, n_total, use_head), n_used - n_total - 1
 
 
 def _rope(tc) -> tuple[float, Optional[dict]]:

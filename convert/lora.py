@@ -23,6 +23,7 @@ from convert.files import read_json, write_json
 from convert.tensor_io import ShardedSafetensorsWriter, TensorReader, np_dtype
 from vlm_jax.config import LoRAConfig, ModelConfig
 from vlm_jax.models import lora as lora_model
+from vlm_jax.models.vlm import VLM
 
 POLICIES = ("merge", "base", "peft")
 PEFT_PREFIX = "base_model.model."
@@ -84,13 +85,12 @@ def _lora_leaf(params: dict, entry: mapping.Entry, which: str) -> np.ndarray:
     return leaf[entry.layer] if entry.layer is not None else leaf
 
 
-def export_peft(ckpt_dir: str, out: str, from_canonical: Callable[[str], Optional[str]], *,
+def export_peft(ckpt: engine.Ckpt, out: str, from_canonical: Callable[[str], Optional[str]], *,
                 base_model: Optional[str] = None, dtype: Optional[str] = None) -> list[str]:
     """Write `out/adapter_config.json` + `out/adapter_model.safetensors` for the CKPT's adapters."""
-    ckpt = engine.read_ckpt(ckpt_dir)
     cfg = ckpt.cfg
     if not has_adapters(cfg):
-        raise engine.ConversionError(f"{ckpt_dir} has no LoRA adapters (model.lora.rank = 0)")
+        raise engine.ConversionError(f"{ckpt.path} has no LoRA adapters (model.lora.rank = 0)")
     entries = adapted(cfg)
     items, arrays = [], []
     for e in entries:
@@ -129,24 +129,16 @@ def _check_config(conf: dict) -> None:
         raise engine.ConversionError(f"adapter options not supported: {', '.join(unsupported)}")
 
 
-def _module_key_functions() -> list[Callable[[str], Optional[str]]]:
-    """Module-key -> canonical functions of the layouts PEFT adapters are saved against."""
-    from convert import hf_llava, llava_original
-
-    original = llava_original.key_functions(False, "mlp2x_gelu")[0]
-    return [hf_llava.key_functions("hf5", False)[0], hf_llava.key_functions("hf4", False)[0], original,
-            lambda k: original(k[len("llm."):]) if k.startswith("llm.") else None]  # VILA wraps its llm/
-
-
-def _canonical_lora(keys: list[str]) -> dict[str, tuple[str, str]]:
-    """PEFT keys -> {canonical kernel name: (lora_A key, lora_B key)}."""
+def _canonical_lora(keys: list[str], module_keys: list[Callable[[str], Optional[str]]]) -> dict[str, tuple[str, str]]:
+    """PEFT keys -> {canonical kernel name: (lora_A key, lora_B key)}, with the first of `module_keys`
+    (module key -> canonical) that names every adapted module a decoder linear."""
     modules = {}
     for k in keys:
         m = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.lora_([AB])(?:\.default)?\.weight", k)
         if not m:
             raise engine.ConversionError(f"unexpected tensor '{k}' in the adapter (only lora_A / lora_B)")
         modules.setdefault(m.group(1), {})[m.group(2)] = k
-    for to_canonical in _module_key_functions():
+    for to_canonical in module_keys:
         canon = {m: to_canonical(m + ".weight") for m in modules}
         if all(c and re.fullmatch(r"lm\.layers\.\d+\.(self_attn|mlp)\.\w+\.weight", c) for c in canon.values()):
             return {canon[m]: (ab.get("A"), ab.get("B")) for m, ab in modules.items()}
@@ -154,8 +146,9 @@ def _canonical_lora(keys: list[str]) -> dict[str, tuple[str, str]]:
                                  f"'{next(iter(modules))}'")
 
 
-def import_peft(src: str, base: str, out: str) -> ModelConfig:
-    """A PEFT LoRA adapter folder on top of a CKPT (without adapters) -> a CKPT with adapters."""
+def import_peft(src: str, base: str, out: str, module_keys: list[Callable[[str], Optional[str]]]) -> ModelConfig:
+    """A PEFT LoRA adapter folder on top of a CKPT (without adapters) -> a CKPT with adapters; `module_keys`:
+    module key -> canonical functions of the models adapters are saved against (the formats')."""
     conf = read_json(os.path.join(src, ADAPTER_CONFIG))
     if conf is None:
         raise FileNotFoundError(f"{src}/{ADAPTER_CONFIG} not found")
@@ -166,13 +159,11 @@ def import_peft(src: str, base: str, out: str) -> ModelConfig:
     if has_adapters(ckpt.cfg):
         raise engine.ConversionError(f"{base} already has LoRA adapters; export --lora merge it first")
     tensors = dict(TensorReader(src).iter_tensors())
-    pairs = _canonical_lora(list(tensors))
+    pairs = _canonical_lora(list(tensors), module_keys)
     names = sorted({c.split(".")[-2] for c in pairs})
     cfg = dataclasses.replace(ckpt.cfg, lora=LoRAConfig(rank=int(conf["r"]), alpha=float(conf["lora_alpha"]),
                                                        dropout=float(conf.get("lora_dropout", 0.0)),
                                                        target_modules=names))
-    from vlm_jax.models.vlm import VLM
-
     shapes = VLM(cfg).abstract_params()
     params = ckpt.params
     entries = adapted(cfg)

@@ -7,7 +7,7 @@ Canonical names are the HF module-relative names with a role prefix:
   aligngpt.<AlignGPT key>                 aligngpt.align_indicators.indicator_embs, aligngpt.gated_weight_layer.mlp.0.weight
   lm.<LlamaModel/Qwen2Model key>          e.g. lm.layers.0.self_attn.q_proj.weight
   lm_head.weight
-Each layout module (hf_llava, llava_original, assemble) only maps its keys to these names.
+Each format (convert/formats/) and assemble.py only map their keys to these names.
 """
 
 from __future__ import annotations
@@ -163,3 +163,11 @@ def hf_shape(entry: Entry, leaf_shape: tuple[int, ...]) -> tuple[int, ...]:
 def to_hf(entry: Entry, leaf: np.ndarray) -> np.ndarray:
     t = leaf[entry.layer] if entry.layer is not None else leaf
     return np.asarray(TO_HF[entry.kind](np.asarray(t)), order="C")
+
+
+def vision_fillers(cfg: ModelConfig) -> dict:
+    """Tensors HF vision towers hold but LLaVA never uses (final LayerNorm): identity values, so that
+    a model trained from scratch loads without 'missing weights'."""
+    d = cfg.vision.hidden_size
+    return {"vision.post_layernorm.weight": np.ones((d,), np.float32),
+            "vision.post_layernorm.bias": np.zeros((d,), np.float32)}

@@ -11,15 +11,14 @@ that would run past it is cut there (`run` returns at most `room(m, prompt)` new
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from convert import api as convert_api
 from vlm_jax import generate as gen
 from vlm_jax.config import ModelConfig
 from vlm_jax.data import images as img_lib
@@ -45,54 +44,21 @@ class Loaded:
     name: str
 
 
-def _aspect_from_preprocessor(pre: Optional[dict]) -> str:
-    if not pre:
-        return "pad"
-    return "crop" if pre.get("do_center_crop") else "resize"
-
-
-def _hf_in_memory(src: str, vision: Optional[str] = None):
-    """An HF `LlavaForConditionalGeneration` folder -> (numpy params, cfg, preprocessor), no files written.
-    Original LLaVA folders go through the converter into a temporary CKPT."""
-    from convert import engine, hf_configs, hf_llava
-    from convert.files import read_json
-    from convert.tensor_io import TensorReader
-
-    config = read_json(os.path.join(src, "config.json")) or {}
-    pre = read_json(os.path.join(src, "preprocessor_config.json"))
-    if config.get("model_type") == "llava":
-        cfg = hf_llava.model_config(hf_configs.load_config(src), pre)
-        layout, vision_model = hf_llava.detect_layout([i.key for i in TensorReader(src).infos()])
-        to_canonical, _ = hf_llava.key_functions(layout, vision_model)
-        with tempfile.TemporaryDirectory() as tmp:
-            result = engine.import_weights([engine.Source(src, to_canonical, False, "source")], cfg, tmp, progress=True)
-        return result.params, cfg, _aspect_from_preprocessor(pre)
-    from convert import llava_original
-    from vlm_jax.checkpoint import load_model_checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        llava_original.import_checkpoint(src, tmp, vision=vision, progress=True)
-        params, cfg = load_model_checkpoint(tmp)
-    return params, cfg, "pad"
-
-
 def load(checkpoint: Optional[str] = None, hf: Optional[str] = None, tokenizer: Optional[str] = None,
          vision: Optional[str] = None) -> Loaded:
     from vlm_jax.checkpoint import load_params, tokenizer_dir
 
     if hf:
-        params, cfg, aspect = _hf_in_memory(hf, vision)
+        params, cfg, pre = convert_api.load_in_memory(hf, vision=vision)
         tok_dir, name = tokenizer or hf, os.path.basename(os.path.normpath(hf))
     else:
         params, cfg = load_params(checkpoint)
-        conv = os.path.join(checkpoint, "conversion.json")
-        source = json.load(open(conv, encoding="utf-8")).get("source", {}) if os.path.exists(conv) else {}
-        aspect = _aspect_from_preprocessor(source.get("preprocessor")) if source.get("format") == "hf-llava" else "pad"
+        pre = convert_api.preprocessing(checkpoint)
         tok_dir, name = tokenizer or tokenizer_dir(checkpoint), os.path.basename(os.path.normpath(checkpoint))
     if not tok_dir:
         raise FileNotFoundError(f"{checkpoint or hf} has no tokenizer/ folder; pass --tokenizer DIR")
     params = jax.tree.map(jnp.asarray, params)
-    return Loaded(params, cfg, load_tokenizer(tok_dir), aspect, name)
+    return Loaded(params, cfg, load_tokenizer(tok_dir), pre.aspect, name)
 
 
 def default_template(tokenizer) -> str:
