@@ -30,7 +30,7 @@ import sys
 from typing import Optional
 
 from infer import answers as answers_lib
-from infer import options
+from infer import options, scorers
 
 GT_KEYS = ("answer", "answers", "label", "gt_answer")
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-idx", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     options.add_decoding_options(p, max_new_tokens=128)
-    p.add_argument("--scorer", default="auto", choices=["auto", "exact", "vqa", "pope", "mc", "none"])
+    p.add_argument("--scorer", default="auto", choices=["auto", *scorers.SCORERS, "none"])
     p.add_argument("--model-id", help="model_id written in the answers (default: the checkpoint folder name)")
     return p
 
@@ -170,8 +170,6 @@ def answer_questions(args, m, template, sc, questions: list[dict], out_path: str
 
 def score_answers(questions: list[dict], answers_path: str, kind: str) -> dict:
     """{"overall": {...}, "categories": {cat: {...}}} over the answered questions with a ground truth."""
-    from infer import scorers
-
     recs = read_jsonl(answers_path) if os.path.exists(answers_path) else []
     answers = {a["question_id"]: a.get("text", "") for a in recs if "error" not in a}
     failed = {a["question_id"]: a["error"] for a in recs if "error" in a}
@@ -199,7 +197,7 @@ def _headline(s: dict) -> str:
     o = s.get("overall")
     if not o:
         return "-"
-    metric = {"exact": "exact_match", "vqa": "vqa_accuracy"}.get(o["scorer"], "accuracy")
+    metric = {"exact": "exact_match", "text": "exact_match", "vqa": "vqa_accuracy"}.get(o["scorer"], "accuracy")
     extra = f" f1 {o['f1']:.3f} yes {o['yes_ratio']:.2f}" if o["scorer"] == "pope" else ""
     return f"{o['scorer']} {100 * o[metric]:.2f}{extra}"
 

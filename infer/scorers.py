@@ -1,4 +1,5 @@
-"""Scorers for generated answers: exact match / VQA accuracy, POPE yes-no, multiple-choice letters.
+"""Scorers for generated answers: exact match / VQA accuracy, POPE yes-no, multiple-choice letters,
+and a language-neutral exact match (`text`: any script, e.g. PALO's ten languages).
 
 Each scorer takes parallel lists of predictions and ground truths and returns a dict of metrics in
 [0, 1] plus `n`. `score(kind, ...)` dispatches; `detect_kind` picks one from the ground truths.
@@ -7,6 +8,7 @@ Each scorer takes parallel lists of predictions and ground truths and returns a 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Sequence
 
 # VQA v2 evaluation normalisation (vqaEval.py), slightly condensed
@@ -35,6 +37,22 @@ def normalize_answer(text: str) -> str:
     return " ".join(words)
 
 
+def normalize_text(text: str) -> str:
+    """Language-neutral: NFKC, casefold, collapse whitespace, strip punctuation at both ends (incl. 。？।۔؟)."""
+    text = " ".join(unicodedata.normalize("NFKC", str(text)).casefold().split())
+    is_edge = lambda ch: ch.isspace() or unicodedata.category(ch).startswith("P")  # noqa: E731
+    start, end = 0, len(text)
+    while start < end and is_edge(text[start]):
+        start += 1
+    while end > start and is_edge(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
+def same_text(prediction: str, reference: str) -> bool:
+    return normalize_text(prediction) == normalize_text(reference)
+
+
 def _as_list(gt) -> list[str]:
     if isinstance(gt, (list, tuple)):
         return [g["answer"] if isinstance(g, dict) else str(g) for g in gt]
@@ -43,6 +61,11 @@ def _as_list(gt) -> list[str]:
 
 def exact_match(preds: Sequence[str], gts: Sequence) -> dict:
     hits = [normalize_answer(p) in {normalize_answer(g) for g in _as_list(gt)} for p, gt in zip(preds, gts)]
+    return {"exact_match": sum(hits) / max(len(hits), 1), "n": len(hits)}
+
+
+def text_match(preds: Sequence[str], gts: Sequence) -> dict:
+    hits = [any(same_text(p, g) for g in _as_list(gt)) for p, gt in zip(preds, gts)]
     return {"exact_match": sum(hits) / max(len(hits), 1), "n": len(hits)}
 
 
@@ -112,7 +135,7 @@ def multiple_choice(preds: Sequence[str], gts: Sequence) -> dict:
             "n": len(hits)}
 
 
-SCORERS = {"exact": exact_match, "vqa": vqa_accuracy, "pope": pope, "mc": multiple_choice}
+SCORERS = {"exact": exact_match, "text": text_match, "vqa": vqa_accuracy, "pope": pope, "mc": multiple_choice}
 
 
 def detect_kind(gts: Sequence) -> str:

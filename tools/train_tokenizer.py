@@ -29,12 +29,13 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
-UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
+from vlm_jax.data.templates import VICUNA_SYSTEM
+from vlm_jax.tokenizer import IMAGE_TOKEN
+
+UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN
 TOKENIZER_VERSION = 3
 # Strings the chat templates add around the data (vicuna_v1, plain), so they get compact pieces;
 # "</s>USER:" teaches a "USER" piece without "▁", as it follows the end of a turn.
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 _DELIMITER = "\ue000"  # a private-use character: never in the corpus
 TEMPLATE_LINES = (VICUNA_SYSTEM, "USER:", "ASSISTANT:", "</s>USER:")
 

@@ -13,9 +13,8 @@ import jax
 import numpy as np
 
 from train import flops as flops_lib
-from train import run_config
 from train import state as state_lib
-from vlm_jax import sharding
+from vlm_jax import config_check, sharding
 from vlm_jax.config import Config
 
 GB = 1024**3
@@ -33,7 +32,7 @@ def per_device_bytes(abstract: Any) -> int:
 def plan(cfg: Config, *, model=None, devices: Optional[list] = None, device_memory_gb: float = 80.0,
          out=print) -> dict:
     devices = list(jax.devices() if devices is None else devices)
-    run_config.check_devices(cfg, len(devices), jax.process_count())
+    config_check.check_devices(cfg, len(devices), jax.process_count())
     mesh = sharding.make_mesh(cfg.mesh, devices)
     steps = cfg.train.num_steps if cfg.train.num_steps > 0 else 1000
     setup = state_lib.build(cfg, mesh, steps, model=model)

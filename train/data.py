@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from vlm_jax.config import Config
+from vlm_jax.config import NO_INDICATOR, Config
 from vlm_jax.image_layout import image_layout
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "images", "image_mask")
@@ -74,7 +74,7 @@ class FakeBatches:
                    images=images, image_mask=image_mask)
         if self.cfg.model.aligngpt.enabled:  # an indicator after BOS of the first segment when it has the image
             a = self.cfg.model.aligngpt
-            row["align_level"] = np.full(seq, -1, np.int32)
+            row["align_level"] = np.full(seq, NO_INDICATOR, np.int32)
             if image_mask[0] and bounds[1] > self.n_img + 1:
                 tokens[1] = a.indicator_token_id
                 row["align_level"][1] = int(rng.integers(0, a.num_indicators + 1))

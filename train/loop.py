@@ -19,7 +19,7 @@ from train import metrics as metrics_lib
 from train import run_config
 from train import state as state_lib
 from vlm_jax import checkpoint as ckpt_lib
-from vlm_jax import sharding
+from vlm_jax import config_check, sharding
 from vlm_jax.config import Config, ConfigError
 
 
@@ -82,7 +82,7 @@ def _lr(setup, step: int) -> dict:
 def run(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
     """Train one stage; returns a summary dict. Raises NonFiniteLoss for nan_policy=stop."""
     devices = list(jax.devices() if devices is None else devices)
-    run_config.check_devices(cfg, len(devices), jax.process_count())
+    config_check.check_devices(cfg, len(devices), jax.process_count())
     mesh = sharding.make_mesh(cfg.mesh, devices)
     gb = cfg.train.global_batch_size
     rows = sharding.process_rows(sharding.batch_sharding(mesh, 1), gb)

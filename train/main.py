@@ -52,7 +52,9 @@ def _force_cpu_devices(n: int) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    from train import run_config, stages as stages_lib
+    from train import run_config
+    from train import stages as stages_lib
+    from vlm_jax import config_check
     from vlm_jax.config import ConfigError, load_yaml
 
     overrides = list(args.overrides)
@@ -66,7 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             stages = stages_lib.load_recipe(args.config, raw, overrides, need_files=not args.compile_only)
         else:
             cfg = run_config.load_config(args.config, overrides)
-            run_config.check_values(cfg, need_files=not args.compile_only)
+            config_check.check(cfg, need_files=not args.compile_only)
             stages = [stages_lib.Stage("", cfg, False)]
         if args.compile_only:
             _force_cpu_devices(max(run_config.fixed_mesh_devices(s.cfg) for s in stages))
@@ -76,7 +78,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         sharding.initialize_distributed(stages[0].cfg.distributed)
         for s in stages:
-            run_config.check_devices(s.cfg, jax.device_count(), jax.process_count())
+            config_check.check_devices(s.cfg, jax.device_count(), jax.process_count())
     except ConfigError as e:
         return _fail(str(e))
     except OSError as e:

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 
 from train import run_config
+from vlm_jax import config_check
 from vlm_jax.config import Config, ConfigError
 from vlm_jax.config_io import parse_override
 
@@ -83,7 +84,7 @@ def load_recipe(path: str, raw: dict, overrides: list[str], need_files: bool = T
         follows = bool(stages) and not cfg.train.init_from
         if follows:
             cfg.train.init_from = stages[-1].cfg.run_dir
-        run_config.check_values(cfg, previous_stage=follows, need_files=need_files)
+        config_check.check(cfg, previous_stage=follows, need_files=need_files)
         stages.append(Stage(name, cfg, follows))
     return stages
 

@@ -16,7 +16,7 @@ from vlm_jax.config_io import (  # noqa: F401  (re-exported: the one import site
     parse_override,
     to_dict,
 )
-
+from vlm_jax.tokenizer import IMAGE_MARKER
 
 # ----------------------------------------------------------------------------- model schema
 
@@ -100,6 +100,9 @@ class LoRAConfig:
     )
 
 
+NO_INDICATOR = -1  # `align_level` of a position that gets no AlignGPT indicator (data writes it, the model reads it)
+
+
 @dataclass
 class AlignGPTConfig:
     """AlignGPT alignment indicators (off by default; see vlm_jax/models/aligngpt.py)."""
@@ -117,7 +120,7 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     # Placeholder id marking image positions in `tokens`. HF LLaVA: the `<image>` token's id in the
     # vocabulary; original LLaVA: the sentinel -200 (outside the vocabulary).
-    image_token_id: int = -200
+    image_token_id: int = IMAGE_MARKER
     dtype: str = "float32"  # compute dtype (bfloat16 on accelerators)
     param_dtype: str = "float32"
     scan_layers: bool = True

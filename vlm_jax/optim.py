@@ -20,6 +20,12 @@ FROZEN = "frozen"
 _TOP_LEVEL = {"vision_tower": "vision", "projector": "projector", "decoder": "decoder"}
 _LORA_NAMES = ("lora_a", "lora_b")
 _NO_DECAY = ("bias", "scale")
+# after warmup: (peak, decay steps, final LR as a fraction of the peak) -> schedule
+SCHEDULES: dict[str, Callable[[float, int, float], optax.Schedule]] = {
+    "cosine": lambda peak, steps, end: optax.cosine_decay_schedule(peak, steps, alpha=end),
+    "linear": lambda peak, steps, end: optax.linear_schedule(peak, peak * end, steps),
+    "constant": lambda peak, steps, end: optax.constant_schedule(peak),
+}
 
 
 def param_group(path: tuple[str, ...]) -> str:
@@ -39,12 +45,18 @@ def _map_paths(fn: Callable[[tuple[str, ...], Any], Any], params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, v: fn(tuple(_key_name(k) for k in path), v), params)
 
 
-def check_trainable(trainable: list[str]) -> None:
+def check_optimizer(cfg: OptimizerConfig, trainable: list[str]) -> None:
+    """`train.trainable` and `train.optimizer` (vlm_jax/config_check.py runs it with the whole config)."""
     for g in trainable:
         if g not in GROUPS:
             raise ConfigError(f"train.trainable: unknown group {g!r} (known: {', '.join(GROUPS)})")
     if not trainable:
-        raise ConfigError("train.trainable: no trainable group")
+        raise ConfigError("train.trainable: at least one group must be trainable")
+    for g in cfg.group_lr:
+        if g not in GROUPS:
+            raise ConfigError(f"train.optimizer.group_lr: unknown group {g!r} (known: {', '.join(GROUPS)})")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"train.optimizer.schedule: unknown {cfg.schedule!r} ({' | '.join(SCHEDULES)})")
 
 
 def param_labels(params: Any, trainable: list[str]) -> Any:
@@ -68,15 +80,7 @@ def lr_schedule(peak: float, cfg: OptimizerConfig, total_steps: int) -> optax.Sc
     """Linear warmup 0 -> peak, then `cfg.schedule` down to min_lr_ratio * peak at total_steps."""
     warm = min(warmup_steps(cfg, total_steps), total_steps)
     decay = max(total_steps - warm, 1)
-    end = peak * cfg.min_lr_ratio
-    if cfg.schedule == "cosine":
-        main = optax.cosine_decay_schedule(peak, decay, alpha=cfg.min_lr_ratio)
-    elif cfg.schedule == "linear":
-        main = optax.linear_schedule(peak, end, decay)
-    elif cfg.schedule == "constant":
-        main = optax.constant_schedule(peak)
-    else:
-        raise ConfigError(f"train.optimizer.schedule: unknown {cfg.schedule!r} (cosine | linear | constant)")
+    main = SCHEDULES[cfg.schedule](peak, decay, cfg.min_lr_ratio)
     if warm == 0:
         return main
     # HF's get_cosine_schedule_with_warmup: lr(step) = peak * step / warmup during warmup
@@ -84,15 +88,12 @@ def lr_schedule(peak: float, cfg: OptimizerConfig, total_steps: int) -> optax.Sc
 
 
 def group_schedules(cfg: OptimizerConfig, trainable: list[str], total_steps: int) -> dict[str, optax.Schedule]:
-    for g in cfg.group_lr:
-        if g not in GROUPS:
-            raise ConfigError(f"train.optimizer.group_lr: unknown group {g!r} (known: {', '.join(GROUPS)})")
     return {g: lr_schedule(float(cfg.group_lr.get(g, cfg.learning_rate)), cfg, total_steps) for g in trainable}
 
 
 def make_optimizer(cfg: OptimizerConfig, trainable: list[str], total_steps: int):
     """-> (optax transform over the full param tree, {group: schedule})."""
-    check_trainable(trainable)
+    check_optimizer(cfg, trainable)
     schedules = group_schedules(cfg, trainable, total_steps)
     transforms = {
         g: optax.adamw(s, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)

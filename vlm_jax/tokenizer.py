@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN = "<image>"  # the image tag in LLaVA-format text
+# LLaVA's IMAGE_TOKEN_INDEX: the id templates emit for each tag (expanded to the model's placeholders
+# later), and original LLaVA's placeholder id outside the vocabulary
+IMAGE_MARKER = -200
 SPIECE_UNDERLINE = "▁"
 
 

@@ -7,13 +7,13 @@ import re
 
 import pytest
 from PIL import Image
+
+from demo import dataset as F
+from demo import make_data as make_demo_data
+from demo import world as S
 from demo.language_scripts import in_language_script
 from demo.languages import LANGUAGES, RIDDLE_SHAPES, WORLD_COLORS, pick, tokenizer_split_words
-
-from demo import make_data as make_demo_data
 from tools import train_tokenizer
-from demo import world as S
-from demo import dataset as F
 
 PARAMS = S.Params(seed=3, num_train=120, num_eval=8)
 QUOTED = re.compile(r'"[^"]*"|“[^”]*”|«[^»]*»|「[^」]*」')  # translation tasks quote a foreign word
@@ -201,10 +201,7 @@ def test_images_show_their_colours(data):
             assert max(abs(p - e) for p, e in zip(pixel, expected)) <= 2, (i, o, pixel)
 
 
-def test_score_normalisation():
-    assert S.exact_match(" Rouge. ", "rouge") and S.exact_match("红色。", "红色") and S.exact_match("लाल।", "लाल")
-    assert S.exact_match("سرخ۔", "سرخ") and S.exact_match("أحمر؟", "أحمر") and S.exact_match("ＲＥＤ！", "red")
-    assert S.exact_match("à  gauche !", "À gauche") and not S.exact_match("red circle", "red")
+def test_score_answers_per_category():
     refs = [{"question_id": 0, "text": "rouge", "category": "color"}, {"question_id": 1, "text": "une", "category": "count"},
             {"question_id": 2, "text": "cercle", "category": "shape"}]
     score = S.score_answers({0: "Rouge.", 1: "deux"}, refs)

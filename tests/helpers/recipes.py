@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from train import run_config
+from vlm_jax import config_check
 from vlm_jax.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -140,7 +141,7 @@ def tiny_config(stage: str, tmp: str, tokenizer: str, extra: tuple = ()) -> Conf
     paths, images = write_data(os.path.join(tmp, "data"), data_kind(cfg))
     for src, path in zip(cfg.data.sources, paths):
         src.path, src.image_folder, src.max_examples = path, images, None
-    run_config.check_values(cfg)
+    config_check.check(cfg)
     return cfg
 
 

@@ -35,3 +35,12 @@ def test_multiple_choice_and_detect():
     assert scorers.score("auto", ["yes"], ["yes"])["scorer"] == "pope"
     with pytest.raises(ValueError):
         scorers.score("bleu", [], [])
+
+
+def test_text_normalisation_is_language_neutral():
+    same = scorers.same_text
+    assert same(" Rouge. ", "rouge") and same("红色。", "红色") and same("लाल।", "लाल")
+    assert same("سرخ۔", "سرخ") and same("أحمر؟", "أحمر") and same("ＲＥＤ！", "red")
+    assert same("à  gauche !", "À gauche") and not same("red circle", "red")
+    assert scorers.score("text", ["红色。", "bleu"], ["红色", ["rouge", "Bleu!"]]) == {"scorer": "text", "exact_match": 1.0,
+                                                                                    "n": 2}

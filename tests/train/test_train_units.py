@@ -115,6 +115,7 @@ def test_llava15_recipe_configs_load_and_validate():
     import os
 
     from train import run_config, stages
+    from vlm_jax import config_check
     from vlm_jax.config import load_yaml
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "llava15")
@@ -126,10 +127,10 @@ def test_llava15_recipe_configs_load_and_validate():
             assert loaded[1].cfg.train.init_from == loaded[0].cfg.run_dir
             continue
         cfg = run_config.load_config(path, [])
-        run_config.check_values(cfg, need_files=False)
+        config_check.check(cfg, need_files=False)
         if os.path.basename(path).startswith("base"):
             continue
-        assert run_config.check_devices(cfg, 8, 1) == (1, 8, 1)
+        assert config_check.check_devices(cfg, 8, 1) == (1, 8, 1)
         t = cfg.train
         if "pretrain" in path:
             assert t.trainable == ["projector"] and t.optimizer.learning_rate == 1e-3 and t.global_batch_size == 256

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlm_jax.config import NO_INDICATOR
 from vlm_jax.data.errors import SkipExample
-
-NO_INDICATOR = -1
 
 
 def record_level(fields: dict, field: str, num_indicators: int) -> int:

@@ -11,15 +11,15 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from vlm_jax.data import aligngpt, interleaved
+from vlm_jax.config import NO_INDICATOR
+from vlm_jax.data import aligngpt, interleaved, templates
 from vlm_jax.data import images as img_lib
 from vlm_jax.data.errors import SkipExample
 from vlm_jax.data.sources import RawRecord, parse_record
 from vlm_jax.image_layout import crops_for_tiling
+from vlm_jax.tokenizer import IMAGE_MARKER, IMAGE_TOKEN
 
-IMAGE_TAG = "<image>"
-IMAGE_MARKER = -200  # what templates.encode emits for each <image>
-_ROLE = {"human": 0, "user": 0, "gpt": 1, "assistant": 1}
+TOO_LONG_MODES = ("truncate", "drop")  # data.too_long: cut at seq_len (never inside an image) | skip
 
 # (conversations) -> (tokens int32[T] with IMAGE_MARKER per image, label_mask bool[T])
 EncodeFn = Callable[[list], tuple]
@@ -41,20 +41,6 @@ class ExampleSpec:
     indicator_token_id: Optional[int] = None  # AlignGPT: indicator placeholder after BOS; None = off
     align_level_field: str = ""  # AlignGPT pretraining: the record field holding the level
     num_indicators: int = 8
-
-
-def check_conversation(conv: list) -> None:
-    """LLaVA's rules: optional leading system message, a leading assistant turn is dropped, then
-    user/assistant alternate (human|user, gpt|assistant)."""
-    turns = conv[1:] if conv and conv[0]["from"] == "system" else list(conv)
-    if turns and _ROLE.get(turns[0]["from"]) == 1:
-        turns = turns[1:]
-    if not turns or all(not t["value"].strip() for t in turns):
-        raise SkipExample("empty_conversation")
-    for i, turn in enumerate(turns):
-        if _ROLE.get(turn["from"]) != i % 2:
-            want = ("human", "gpt")[i % 2]
-            raise SkipExample("bad_role_order", f"turn {i} is from {turn['from']!r}, expected {want!r}")
 
 
 def expand_images(tokens: np.ndarray, label_mask: np.ndarray, n: int, image_token_id: int):
@@ -87,8 +73,11 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
         rec = _document_images(rec, spec.max_images)
         n_tags = rec.conversations.num_images
     else:
-        check_conversation(rec.conversations)
-        n_tags = sum(t["value"].count(IMAGE_TAG) for t in rec.conversations)
+        try:
+            templates.to_turns(rec.conversations)  # LLaVA's conversation rules, before anything costly
+        except templates.TemplateError as e:
+            raise SkipExample(e.reason, str(e)) from None
+        n_tags = sum(t["value"].count(IMAGE_TOKEN) for t in rec.conversations)
     n_images = len(rec.image_bytes) if rec.image_bytes is not None else len(rec.image_paths)
     if n_tags != n_images:
         raise SkipExample("image_tag_mismatch", f"{n_tags} <image> tags, {n_images} images")
@@ -104,7 +93,7 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
     if int(np.sum(tokens == IMAGE_MARKER)) != n_images:
         raise SkipExample("template_error", "the template changed the number of <image> markers")
 
-    level = aligngpt.NO_INDICATOR
+    level = NO_INDICATOR
     if spec.indicator_token_id is not None:
         level = aligngpt.example_level(rec.fields, n_images > 0, spec.align_level_field, spec.num_indicators)
         tokens, label_mask = aligngpt.insert_indicator(tokens, label_mask, level, spec.indicator_token_id)

@@ -27,8 +27,8 @@ import numpy as np
 
 from vlm_jax.data import templates
 from vlm_jax.data.errors import SkipExample
+from vlm_jax.tokenizer import IMAGE_TOKEN
 
-IMAGE_TAG = "<image>"
 LOSS_MODES = ("all", "after_image")
 
 
@@ -63,7 +63,7 @@ def parse_mmc4(payload: dict) -> tuple[Document, list[int]]:
         where.append(idx)
     order = sorted(range(len(infos)), key=lambda j: where[j])  # stable: ties keep the listed order
     counts = np.bincount(np.asarray(where, np.int64), minlength=len(texts)) if where else np.zeros(len(texts), int)
-    sentences = tuple(t.replace(IMAGE_TAG, "<IMAGE>") for t in texts)  # as VILA: a literal tag is not an image
+    sentences = tuple(t.replace(IMAGE_TOKEN, "<IMAGE>") for t in texts)  # as VILA: a literal tag is not an image
     return Document(sentences, tuple(int(c) for c in counts)), order
 
 
@@ -87,7 +87,7 @@ def render(doc: Document, eos: str, loss: str = "all") -> list[tuple[str, bool]]
     segs = []
     for i, (text, k) in enumerate(zip(doc.sentences, doc.images_before)):
         sep = " " if i and not k else ""
-        segs.append((IMAGE_TAG * k + sep + text, loss == "all" or k > 0))
+        segs.append((IMAGE_TOKEN * k + sep + text, loss == "all" or k > 0))
     segs.append((eos, loss == "all" or doc.images_before[-1] > 0))
     return segs
 

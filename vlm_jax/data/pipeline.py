@@ -20,10 +20,10 @@ from typing import Any, Optional, Sequence
 import grain
 import numpy as np
 
-from vlm_jax.config import AlignGPTConfig, DataConfig, DataSourceConfig
+from vlm_jax.config import AlignGPTConfig, ConfigError, DataConfig, DataSourceConfig
 from vlm_jax.data import examples as ex_lib
-from vlm_jax.data import images as img_lib
 from vlm_jax.data import interleaved
+from vlm_jax.data.checks import check_data, check_sources
 from vlm_jax.data.errors import DataError, SkipExample, describe
 from vlm_jax.data.packing import PackIterDataset, empty_stats
 from vlm_jax.data.sources import RawRecord, open_source
@@ -69,14 +69,12 @@ def record_dataset(sources: Sequence[DataSourceConfig], *, shuffle: bool, seed: 
     if not sources:
         raise DataError("no data sources configured")
     dss = _source_datasets(sources)
-    weights = [s.weight for s in sources]
+    weights = [s.weight for s in sources]  # none, or all positive (data/checks.py)
     if all(w is None for w in weights):
         ds = grain.MapDataset.concatenate(dss) if len(dss) > 1 else dss[0]
         if shuffle:
             ds = ds.shuffle(seed=seed)
     else:
-        if any(w is None or w <= 0 for w in weights):
-            raise DataError("mixture: give every source a positive weight (or none at all)")
         if shuffle:  # shuffle the components, not the mix, so the proportions hold in every window
             dss = [d.shuffle(seed=seed + i) for i, d in enumerate(dss)]
         ds = grain.MapDataset.mix(dss, weights)
@@ -101,6 +99,13 @@ def _aligngpt_spec(cfg: DataConfig, aligngpt: Optional[AlignGPTConfig]) -> dict:
                 num_indicators=aligngpt.num_indicators)
 
 
+def _checked(check, *args) -> None:
+    try:
+        check(*args)
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+
+
 class DataLoader:
     """Iterator of packed batches with checkpointable state and skip statistics."""
 
@@ -108,14 +113,11 @@ class DataLoader:
                  image_size: int, image_mean: Sequence[float], encode: Optional[ex_lib.EncodeFn] = None,
                  tokenizer=None, process_index: int = 0, process_count: int = 1, split: str = "train",
                  sources: Optional[Sequence[DataSourceConfig]] = None, aligngpt: Optional[AlignGPTConfig] = None):
-        if cfg.too_long not in ("truncate", "drop"):
-            raise DataError(f"data.too_long must be truncate or drop, got {cfg.too_long!r}")
+        _checked(check_data, cfg)
+        if sources is not None:
+            _checked(check_sources, sources, "sources")
         if cfg.image.tiling == "auto":
             raise DataError("data.image.tiling=auto needs the model: build the loader with make_loader")
-        if cfg.interleaved_loss not in interleaved.LOSS_MODES:
-            raise DataError(f"data.interleaved_loss must be one of {interleaved.LOSS_MODES}, got {cfg.interleaved_loss!r}")
-        if cfg.image.aspect not in img_lib.ASPECTS:
-            raise DataError(f"data.image.aspect must be one of {img_lib.ASPECTS}, got {cfg.image.aspect!r}")
         if cfg.image.max_pixels < 1:
             raise DataError(f"data.image.max_pixels must be >= 1, got {cfg.image.max_pixels}")
         self.batch_size = batch_size
@@ -185,14 +187,12 @@ def make_loader(config: Any, *, batch_size: int, tokens_per_image: Optional[int]
     `tokens_per_image` is N; by default the model's (`image_layout(config.model)`). `data.image.tiling`
     `auto` follows the model's layout; an explicit tiling must give the same number of crops."""
     layout = image_layout(config.model)
+    _checked(check_data, config.data, layout)
     if tokens_per_image is None:
         tokens_per_image = layout.tokens_per_image
     data = config.data
     if data.image.tiling == "auto":
         data = dataclasses.replace(data, image=dataclasses.replace(data.image, tiling=layout.tiling))
-    elif crops_for_tiling(data.image.tiling) != layout.crops_per_image:
-        raise DataError(f"data.image.tiling={data.image.tiling!r} gives {crops_for_tiling(data.image.tiling)} "
-                        f"crops per image but the model's projector takes {layout.crops_per_image}")
     if process_index is None or process_count is None:
         import jax  # noqa: PLC0415
 

@@ -19,9 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vlm_jax.tokenizer import IMAGE_TOKEN
-
-IMAGE_MARKER = -200
+from vlm_jax.tokenizer import IMAGE_MARKER, IMAGE_TOKEN
 
 USER, ASSISTANT = "user", "assistant"
 _ROLES = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT}
@@ -39,7 +37,11 @@ QWEN_SYSTEM = "You are a helpful assistant."
 
 
 class TemplateError(ValueError):
-    """The conversation cannot be rendered (empty, wrong role order, bad message)."""
+    """The conversation cannot be rendered; `reason` is the data pipeline's skip reason for it."""
+
+    def __init__(self, message: str, reason: str = "template_error"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,25 +186,25 @@ def _move_images_first(text: str) -> str:
 
 
 def to_turns(conversations, images_first: bool = True) -> tuple[list[Turn], str | None]:
-    """LLaVA `[{"from", "value"}]` -> alternating (role, text) turns and a system override."""
-    if not conversations:
-        raise TemplateError("empty conversation")
-    msgs = list(conversations)
-    system = None
-    if isinstance(msgs[0], dict) and msgs[0].get("from") == "system":
-        system = msgs.pop(0).get("value")
-    turns: list[Turn] = []
+    """LLaVA `[{"from", "value"}]` -> alternating (role, text) turns and a system override.
+
+    LLaVA's rules: an optional leading system message, a leading assistant turn is dropped, then
+    user (human|user) and assistant (gpt|assistant) alternate, none of them empty."""
+    msgs = list(conversations or [])
     for m in msgs:
-        if not isinstance(m, dict) or m.get("from") not in _ROLES or not isinstance(m.get("value"), str):
+        if not isinstance(m, dict) or not isinstance(m.get("from"), str) or not isinstance(m.get("value"), str):
             raise TemplateError(f"bad message {m!r}")
-        turns.append((_ROLES[m["from"]], m["value"]))
-    if turns and turns[0][0] == ASSISTANT:  # LLaVA: "Skip the first one if it is not from human"
-        turns = turns[1:]
-    if not turns:
-        raise TemplateError("empty conversation")
-    for i, (role, text) in enumerate(turns):
-        if role != (USER, ASSISTANT)[i % 2]:
-            raise TemplateError(f"message {i} is from {role}; roles must alternate user, assistant, ...")
+    system = msgs.pop(0)["value"] if msgs and msgs[0]["from"] == "system" else None
+    if msgs and _ROLES.get(msgs[0]["from"]) == ASSISTANT:  # LLaVA: "Skip the first one if it is not from human"
+        msgs = msgs[1:]
+    if not msgs or all(not m["value"].strip() for m in msgs):
+        raise TemplateError("empty conversation", "empty_conversation")
+    for i, m in enumerate(msgs):
+        if _ROLES.get(m["from"]) != (USER, ASSISTANT)[i % 2]:
+            want = ("human", "gpt")[i % 2]
+            raise TemplateError(f"turn {i} is from {m['from']!r}, expected {want!r}", "bad_role_order")
+    turns: list[Turn] = [(_ROLES[m["from"]], m["value"]) for m in msgs]
+    for i, (_, text) in enumerate(turns):
         if not text.strip():
             raise TemplateError(f"message {i} is empty")
     if images_first:

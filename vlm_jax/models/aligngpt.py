@@ -26,9 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vlm_jax.config import AlignGPTConfig
-
-NO_INDICATOR = -1
+from vlm_jax.config import NO_INDICATOR, AlignGPTConfig
 
 
 def gate_level(cfg: AlignGPTConfig) -> int:

@@ -1,0 +1,41 @@
+"""The data part of the config check: every `data.*` value the pipeline could not use, as one
+ConfigError naming the key. The loader runs it at construction; vlm_jax/config_check.py runs it
+with the rest of the config before anything is built."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from vlm_jax.config import ConfigError, DataConfig, DataSourceConfig
+from vlm_jax.data import images, interleaved
+from vlm_jax.data.examples import TOO_LONG_MODES
+from vlm_jax.image_layout import ImageLayout, crops_for_tiling
+
+
+def _one_of(key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def check_sources(sources: Sequence[DataSourceConfig], key: str) -> None:
+    """Mixture weights: none at all (concatenate) or a positive one for every source."""
+    weights = [s.weight for s in sources]
+    if any(w is not None for w in weights) and any(w is None or not w > 0 for w in weights):
+        raise ConfigError(f"{key}: give every source a positive weight (or none at all), got {weights}")
+
+
+def check_data(d: DataConfig, layout: Optional[ImageLayout] = None) -> None:
+    """`layout`: the model's image layout, when known; an explicit tiling must give its K crops."""
+    _one_of("data.too_long", d.too_long, TOO_LONG_MODES)
+    _one_of("data.interleaved_loss", d.interleaved_loss, interleaved.LOSS_MODES)
+    _one_of("data.image.aspect", d.image.aspect, images.ASPECTS)
+    if d.image.tiling != "auto":
+        try:
+            k = crops_for_tiling(d.image.tiling)
+        except ValueError as e:
+            raise ConfigError(f"data.image.tiling: {e}") from None
+        if layout is not None and k != layout.crops_per_image:
+            raise ConfigError(f"data.image.tiling: {d.image.tiling!r} gives {k} crops per image but the model's "
+                              f"projector takes {layout.crops_per_image}")
+    check_sources(d.sources, "data.sources")
+    check_sources(d.eval_sources, "data.eval_sources")
