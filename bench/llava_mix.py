@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlm_jax.tokenizer import IMAGE_MARKER, IMAGE_TOKEN
+
 # (name, share, has_image)
 COMPONENTS = [
     ("vqa_short", 0.42, True),
@@ -65,15 +67,15 @@ def generate(n: int, seed: int = 0, image_names: list[str] | None = None) -> lis
 
 
 def word_encode(conversations):
-    """One word = one token (ids from a hash), vicuna-like supervision: answers + EOS; <image> = -200."""
+    """One word = one token (ids from a hash), vicuna-like supervision: answers + EOS; <image> = IMAGE_MARKER."""
     import zlib  # noqa: PLC0415
 
     toks, mask = [1], [False]
     for turn in conversations:
         sup = turn["from"] == "gpt"
-        for j, part in enumerate(turn["value"].split("<image>")):
+        for j, part in enumerate(turn["value"].split(IMAGE_TOKEN)):
             if j:
-                toks.append(-200)
+                toks.append(IMAGE_MARKER)
                 mask.append(False)
             words = part.split()
             toks += [3 + zlib.crc32(w.encode()) % 31000 for w in words]

@@ -19,10 +19,11 @@ from transformers import AutoTokenizer
 
 from convert import engine, folder_keys, hf_configs, preprocessor, projector_keys
 from convert.files import copy_tokenizer, read_json
-from convert.formats.llava import IMAGE_SENTINEL, PROJECTOR
+from convert.formats.llava import PROJECTOR
 from vlm_jax.config import ModelConfig, ProjectorConfig
 from vlm_jax.models import projectors
 from vlm_jax.models.vit import num_layers_used
+from vlm_jax.tokenizer import IMAGE_MARKER, IMAGE_TOKEN
 
 
 def projector_key(key: str, projector_type: str = "mlp2x_gelu") -> Optional[str]:
@@ -39,9 +40,9 @@ def fresh_projector(cfg: ModelConfig, seed: int) -> dict:
 
 def _add_image_token(llm: str, tok_dir: str) -> int:
     tok = AutoTokenizer.from_pretrained(llm, trust_remote_code=False, local_files_only=True)
-    tok.add_tokens(["<image>"], special_tokens=True)
+    tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
     tok.save_pretrained(tok_dir)
-    return tok.convert_tokens_to_ids("<image>")
+    return tok.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
 def _grow_vocab(params: dict, cfg: ModelConfig, vocab: int) -> None:
@@ -64,7 +65,7 @@ def assemble(vision: str, llm: str, out: str, *, projector: Optional[str] = None
     cfg = ModelConfig(vision=hf_configs.vision_from_hf(vc, select_layer, select_feature, pre),
                       projector=ProjectorConfig(type=projector_type),
                       decoder=hf_configs.decoder_from_hf(hf_configs.load_config(llm)),
-                      image_token_id=IMAGE_SENTINEL)
+                      image_token_id=IMAGE_MARKER)
     num_layers_used(cfg.vision)  # validates select_layer
     projectors.get_builder(projector_type)
     sources = [engine.Source(vision, folder_keys.vision_key, False, "vision"),

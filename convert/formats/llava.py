@@ -18,8 +18,8 @@ from convert.files import read_json
 from convert.formats.base import CheckpointFormat, Folder, Reading, register
 from convert.tensor_io import TensorReader
 from vlm_jax.config import ModelConfig, ProjectorConfig, VisionConfig
+from vlm_jax.tokenizer import IMAGE_MARKER
 
-IMAGE_SENTINEL = -200
 VISION = "model.vision_tower.vision_tower."
 PROJECTOR = "mm_projector."
 DEFAULT_TOWERS = {"clip": "openai/clip-vit-large-patch14-336", "siglip": "google/siglip-so400m-patch14-384"}
@@ -78,7 +78,7 @@ def model_config(config: dict, vision: VisionConfig) -> ModelConfig:
         vision.select_feature = "patch"
     return ModelConfig(vision=vision, projector=ProjectorConfig(type=config.get("mm_projector_type", "linear")),
                        decoder=hf_configs.decoder_from_hf(hf_configs.text_config_from_dict(config)),
-                       image_token_id=IMAGE_SENTINEL)
+                       image_token_id=IMAGE_MARKER)
 
 
 def llava_config(cfg: ModelConfig, source: dict) -> dict:

@@ -18,9 +18,9 @@ from typing import Optional
 from convert import engine, folder_keys, hf_configs, mapping, preprocessor, projector_keys
 from convert.files import read_json
 from convert.formats.base import CheckpointFormat, Folder, Reading, register
-from convert.formats.llava import IMAGE_SENTINEL
 from convert.tensor_io import TensorReader
 from vlm_jax.config import ModelConfig, ProjectorConfig
+from vlm_jax.tokenizer import IMAGE_MARKER
 
 PARTS = ("llm", "vision_tower", "mm_projector")
 SIDE_FILES = {"llm": ("generation_config.json",), "vision_tower": ("preprocessor_config.json",), "mm_projector": ()}
@@ -78,7 +78,7 @@ def model_config(top: dict, llm: dict, vision: dict, projector: dict, pre: Optio
     v = hf_configs.vision_from_hf(vc, int(top.get("mm_vision_select_layer", -2)), feature, pre)
     return ModelConfig(vision=v, projector=ProjectorConfig(type=projector.get("mm_projector_type", "mlp_downsample")),
                        decoder=hf_configs.decoder_from_hf(hf_configs.text_config_from_dict(llm)),
-                       image_token_id=IMAGE_SENTINEL)
+                       image_token_id=IMAGE_MARKER)
 
 
 def _configs(src: str) -> tuple[dict, dict, dict, dict]:
