@@ -114,6 +114,17 @@ class AlignGPTConfig:
 
 
 @dataclass
+class AttentionBlocks:
+    """Tile sizes of the fused attention kernels (model.attention splash | flash_gpu); 0 = the kernel's
+    default (splash: 512, as MaxText; GPU flash: 128 forward, 64 backward). Rows are padded to a block."""
+
+    q: int = 0
+    kv: int = 0
+    q_bwd: int = 0
+    kv_bwd: int = 0
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -126,7 +137,9 @@ class ModelConfig:
     scan_layers: bool = True
     remat_policy: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
     # xla (reference einsum) | dot_product (jax.nn.dot_product_attention) | blocked (causal block skipping)
+    # | splash (Pallas TPU kernel) | flash_gpu (Pallas GPU kernel) | auto (TPU splash, GPU flash_gpu, CPU blocked)
     attention: str = "xla"
+    attention_blocks: AttentionBlocks = field(default_factory=AttentionBlocks)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     aligngpt: AlignGPTConfig = field(default_factory=AlignGPTConfig)
 

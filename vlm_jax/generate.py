@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlm_jax.config import ModelConfig
-from vlm_jax.models.attention import rope_cos_sin, rope_inv_freq
+from vlm_jax.models.attention import FUSED_IMPLS, resolve_impl, rope_cos_sin, rope_inv_freq
 from vlm_jax.models.llama import DecoderLayer
 from vlm_jax.models.vlm import VLM
 
@@ -167,26 +167,35 @@ def layer_params(params: dict, num_layers: int, unroll: bool = True):
     return per_layer if unroll else jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
 
 
+def _prefill_fused(cfg: ModelConfig) -> bool:
+    """The prompt attends over itself: the fused kernels apply (decode steps use the cache einsum)."""
+    return resolve_impl(cfg.attention) in FUSED_IMPLS
+
+
 def _layer_module(cfg: ModelConfig) -> DecoderLayer:
     # "blocked" attention is a training-time layout for L x L masks; cached attention is [L, S]
-    impl = cfg.attention if cfg.attention == "dot_product" else "xla"
+    impl = resolve_impl(cfg.attention)
+    impl = impl if impl in ("dot_product",) + FUSED_IMPLS else "xla"
     return DecoderLayer(cfg.decoder, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                        attention_impl=impl)
+                        attention_impl=impl, attention_blocks=cfg.attention_blocks)
 
 
-def _run_layers(cfg: ModelConfig, layers, x, cos, sin, mask, cache, index, unroll: bool):
+def _run_layers(cfg: ModelConfig, layers, x, cos, sin, mask, cache, index, unroll: bool, segment_ids=None):
     layer = _layer_module(cfg)
+
+    def one(p, h, c):
+        return layer.apply({"params": p}, h, cos, sin, mask, segment_ids=segment_ids, cache=c, cache_index=index)
+
     if unroll:
         new_cache = []
         for p, c in zip(layers, cache):
-            x, c = layer.apply({"params": p}, x, cos, sin, mask, c, index)
+            x, c = one(p, x, c)
             new_cache.append(c)
         return x, new_cache
 
     def body(h, pc):
         p, c = pc
-        h, c = layer.apply({"params": p}, h, cos, sin, mask, c, index)
-        return h, c
+        return one(p, h, c)
 
     return jax.lax.scan(body, x, (layers, cache))
 
@@ -228,8 +237,13 @@ def prefill(cfg: ModelConfig, params: dict, batch: dict, rng: jax.Array, sc: Sam
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
     key_valid = jnp.pad(prompt_mask, ((0, 0), (0, sc.max_new_tokens)))
     q = jnp.arange(length)
-    # causal over in-row order, real keys only; a padding query sees itself (keeps softmax finite)
-    mask = (prompt_mask[:, None, :] & (q[None, None, :] <= q[None, :, None])) | (q[None, None, :] == q[None, :, None])
+    # causal over in-row order, real keys only; a padding query sees itself (keeps softmax finite):
+    # as segments, the real tokens are one and every padding position is its own
+    segments, mask = None, None
+    if _prefill_fused(cfg):
+        segments = jnp.where(prompt_mask, 1, -2 - q[None, :]).astype(jnp.int32)
+    else:
+        mask = (prompt_mask[:, None, :] & (q[None, None, :] <= q[None, :, None])) | (q[None, None, :] == q[None, :, None])
 
     # segment ids and positions let AlignGPT's gate see only each prompt's own text (others ignore them)
     x = model.apply({"params": params}, {"tokens": tokens, "images": batch.get("images"),
@@ -239,7 +253,7 @@ def prefill(cfg: ModelConfig, params: dict, batch: dict, rng: jax.Array, sc: Sam
     layers = layer_params(params, cfg.decoder.num_layers, sc.unroll_layers)
     # the prompt attends over its own L keys; the cache grows to S afterwards
     cache = init_cache(cfg, b, length, sc.unroll_layers)
-    h, cache = _run_layers(cfg, layers, x, cos, sin, mask, cache, 0, sc.unroll_layers)
+    h, cache = _run_layers(cfg, layers, x, cos, sin, mask, cache, 0, sc.unroll_layers, segments)
     seq_axis = 1 if sc.unroll_layers else 2
     cache = jax.tree.map(lambda c: jnp.pad(c, [(0, sc.max_new_tokens) if a == seq_axis else (0, 0)
                                               for a in range(c.ndim)]), cache)

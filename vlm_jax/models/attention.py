@@ -1,4 +1,5 @@
-"""Rotary embeddings and masked attention (reference XLA path + jax.nn.dot_product_attention)."""
+"""Rotary embeddings and attention: the reference XLA path (einsum + mask), jax.nn.dot_product_attention,
+causal block skipping, and the fused Pallas kernels of attention_pallas, chosen by `model.attention`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vlm_jax.models.attention_pallas import FUSED_IMPLS, Blocks, fused_attention, platform
 
 NEG_INF = -1e30  # finite, so fully masked rows (padding) stay NaN-free
 
@@ -60,8 +63,32 @@ def segment_causal_mask(q_segments: jax.Array, kv_segments: jax.Array, q_positio
     return mask
 
 
-ATTENTION_IMPLS = ("xla", "dot_product", "blocked")
+MASK_IMPLS = ("xla", "dot_product", "blocked")
+ATTENTION_IMPLS = MASK_IMPLS + FUSED_IMPLS + ("auto",)
+AUTO = {"tpu": "splash", "gpu": "flash_gpu"}  # any other platform (CPU): blocked
 CAUSAL_BLOCK = 128
+
+
+def resolve_impl(impl: str) -> str:
+    """`auto` -> the best backend of the platform being compiled for; others unchanged (checked)."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention impl '{impl}' (known: {', '.join(ATTENTION_IMPLS)})")
+    return AUTO.get(platform(), "blocked") if impl == "auto" else impl
+
+
+def self_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *, causal: bool = True,
+                   impl: str = "xla", blocks: Optional[Blocks] = None, mask: Optional[jax.Array] = None) -> jax.Array:
+    """Attention of packed rows over themselves: q [B, L, H, hd], k/v [B, L, KV, hd], segment_ids [B, L]
+    -> [B, L, H, hd]; inside a segment, causal by in-row index when `causal`. The fused kernels read
+    the segment ids; the others a [B, L, L] mask, `mask` if given (the decoder builds it once for all
+    layers) or built here."""
+    impl = resolve_impl(impl)
+    if impl in FUSED_IMPLS:
+        return fused_attention(q, k, v, segment_ids, causal=causal, impl=impl, blocks=blocks)
+    if mask is None:
+        idx = jnp.broadcast_to(jnp.arange(q.shape[1])[None], segment_ids.shape)
+        mask = segment_causal_mask(segment_ids, segment_ids, idx, idx, causal)
+    return attention(q, k, v, mask, impl if causal or impl != "blocked" else "xla")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: str = "xla") -> jax.Array:
@@ -84,7 +111,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, impl: s
             outs.append(attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
         return jnp.concatenate(outs, axis=1)
     if impl != "xla":
-        raise ValueError(f"unknown attention impl '{impl}' (known: {', '.join(ATTENTION_IMPLS)})")
+        raise ValueError(f"unknown masked attention impl '{impl}' (known: {', '.join(MASK_IMPLS)})")
     qg = q.reshape(b, lq, kv, h // kv, hd)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, precision=_precision(q.dtype)).astype(jnp.float32)
     scores = scores / math.sqrt(hd)

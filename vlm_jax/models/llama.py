@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vlm_jax.config import DecoderConfig, LoRAConfig
-from vlm_jax.models.attention import apply_rope, attention, rope_cos_sin, rope_inv_freq, segment_causal_mask
+from vlm_jax.config import AttentionBlocks, DecoderConfig, LoRAConfig
+from vlm_jax.models.attention import (FUSED_IMPLS, MASK_IMPLS, apply_rope, attention, resolve_impl, rope_cos_sin,
+                                      rope_inv_freq, segment_causal_mask, self_attention)
 from vlm_jax.models.layers import RMSNorm, activation, dense, kernel_init, maybe_remat
 from vlm_jax.models.lora import LoRADense, targets
 
@@ -23,6 +24,7 @@ class DecoderLayer(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     attention_impl: str = "xla"
+    attention_blocks: Optional[AttentionBlocks] = None
     lora: Optional[LoRAConfig] = None
 
     def linear(self, features: int, axes: tuple, name: str, use_bias: bool = False):
@@ -42,11 +44,14 @@ class DecoderLayer(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     @nn.compact
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                 cache: Optional[dict] = None, cache_index: Optional[jax.Array] = None):
-        """x [B,L,D]. Without a cache, `mask` is [B,L,L]; with one (decoding), `cache` holds
-        `k`/`v` [B,S,KV,hd], the new keys are written at `cache_index` and `mask` is [B,L,S].
-        Returns (x, new_cache)."""
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: Optional[jax.Array],
+                 segment_ids: Optional[jax.Array] = None, cache: Optional[dict] = None,
+                 cache_index: Optional[jax.Array] = None):
+        """x [B,L,D]. Without a cache, self-attention over packed rows: `segment_ids` [B,L] and, for
+        the masked backends, `mask` [B,L,L] (None: built from the segment ids). With one (decoding),
+        `cache` holds `k`/`v` [B,S,KV,hd], the new keys are written at `cache_index` and `mask` is
+        [B,L,S]; `segment_ids`, when given, say the L new keys are all there is (prefill), so the
+        fused kernels apply. Returns (x, new_cache)."""
         c = self.cfg
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, l, d = x.shape
@@ -56,7 +61,12 @@ class DecoderLayer(nn.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
             cache = {"k": k, "v": v}
-        o = attention(q, k, v, mask, impl=self.attention_impl).reshape(b, l, c.num_heads * c.dim_per_head)
+        impl = resolve_impl(self.attention_impl)
+        if segment_ids is not None:
+            o = self_attention(q, k, v, segment_ids, impl=impl, blocks=self.attention_blocks, mask=mask)
+        else:  # a decode step: one query per row reads the cache once, a fused kernel saves nothing
+            o = attention(q, k, v, mask, impl=impl if impl in MASK_IMPLS else "xla")
+        o = o.reshape(b, l, c.num_heads * c.dim_per_head)
         o = nn.with_logical_constraint(o, ("batch", "length", "heads"))
         x = x + self.linear(d, ("heads", "embed"), "o_proj")(o)
         h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
@@ -75,6 +85,7 @@ class Decoder(nn.Module):
     scan_layers: bool = True
     remat_policy: str = "none"
     attention_impl: str = "xla"
+    attention_blocks: Optional[AttentionBlocks] = None
     lora: Optional[LoRAConfig] = None
 
     def setup(self):
@@ -88,18 +99,18 @@ class Decoder(nn.Module):
             self.lm_head = dense(c.vocab_size, ("embed", "vocab"), name="lm_head", use_bias=False,
                                  dtype=self.dtype, param_dtype=self.param_dtype)
         layer_kw = dict(cfg=c, dtype=self.dtype, param_dtype=self.param_dtype, attention_impl=self.attention_impl,
-                        lora=self.lora)
+                        attention_blocks=self.attention_blocks, lora=self.lora)
         if self.scan_layers:
             self.layers = nn.scan(
                 maybe_remat(DecoderLayer, self.remat_policy),
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(**layer_kw, name="layers")
         else:
-            layer_cls = maybe_remat(DecoderLayer, self.remat_policy)
+            layer_cls = maybe_remat(DecoderLayer, self.remat_policy, scanned=False)
             self.layer_list = [layer_cls(**layer_kw, name=f"layers_{i}") for i in range(c.num_layers)]
 
     def embed(self, tokens: jax.Array) -> jax.Array:
@@ -114,13 +125,15 @@ class Decoder(nn.Module):
         """Embedded inputs [B,L,D] -> final-normed hidden states [B,L,D]."""
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         cos, sin = self.rope(positions)
-        idx = jnp.broadcast_to(jnp.arange(x.shape[1])[None], positions.shape)
-        mask = segment_causal_mask(segment_ids, segment_ids, idx, idx)
+        mask = None
+        if resolve_impl(self.attention_impl) not in FUSED_IMPLS:  # one [B,L,L] mask for all layers
+            idx = jnp.broadcast_to(jnp.arange(x.shape[1])[None], positions.shape)
+            mask = segment_causal_mask(segment_ids, segment_ids, idx, idx)
         if self.scan_layers:
-            x, _ = self.layers(x, cos, sin, mask)
+            x, _ = self.layers(x, cos, sin, mask, segment_ids)
         else:
             for layer in self.layer_list:
-                x, _ = layer(x, cos, sin, mask)
+                x, _ = layer(x, cos, sin, mask, segment_ids)
         return self.norm(x)
 
     def logits(self, h: jax.Array) -> jax.Array:

@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from vlm_jax.config import VisionConfig
-from vlm_jax.models.attention import attention
+from typing import Optional
+
+from vlm_jax.config import AttentionBlocks, VisionConfig
+from vlm_jax.models.attention import self_attention
 from vlm_jax.models.layers import activation, dense, kernel_init, layer_norm, maybe_remat
 
 
@@ -27,6 +29,8 @@ class EncoderLayer(nn.Module):
     cfg: VisionConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    attention_impl: str = "xla"
+    attention_blocks: Optional[AttentionBlocks] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, _=None):
@@ -38,8 +42,9 @@ class EncoderLayer(nn.Module):
         q = dense(d, ("embed", "heads"), name="q_proj", **kw)(h).reshape(b, t, c.num_heads, hd)
         k = dense(d, ("embed", "heads"), name="k_proj", **kw)(h).reshape(b, t, c.num_heads, hd)
         v = dense(d, ("embed", "heads"), name="v_proj", **kw)(h).reshape(b, t, c.num_heads, hd)
-        full = jnp.ones((b, t, t), dtype=bool)
-        o = attention(q, k, v, full).reshape(b, t, d)
+        everyone = jnp.ones((b, t), jnp.int32)  # one segment, no causal mask
+        o = self_attention(q, k, v, everyone, causal=False, impl=self.attention_impl,
+                           blocks=self.attention_blocks).reshape(b, t, d)
         x = x + dense(d, ("heads", "embed"), name="out_proj", **kw)(o)
         h = layer_norm(c.layer_norm_eps, name="layer_norm2", **kw)(x)
         h = dense(c.intermediate_size, ("embed", "mlp"), name="fc1", **kw)(h)
@@ -54,6 +59,8 @@ class VisionTower(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     remat_policy: str = "none"
+    attention_impl: str = "xla"
+    attention_blocks: Optional[AttentionBlocks] = None
 
     @nn.compact
     def __call__(self, pixels: jax.Array) -> jax.Array:
@@ -88,7 +95,8 @@ class VisionTower(nn.Module):
                 split_rngs={"params": True},
                 length=n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
-            )(c, name="layers", **kw)(x, None)
+            )(c, name="layers", attention_impl=self.attention_impl, attention_blocks=self.attention_blocks,
+              **kw)(x, None)
         if c.has_class_token and c.select_feature == "patch":
             x = x[:, 1:]
         elif c.select_feature not in ("patch", "cls_patch"):

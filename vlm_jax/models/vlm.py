@@ -37,9 +37,10 @@ class VLM(nn.Module):
     def setup(self):
         c = self.cfg
         dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        self.vision_tower = VisionTower(c.vision, dt, pdt, c.remat_policy)
+        self.vision_tower = VisionTower(c.vision, dt, pdt, c.remat_policy, c.attention, c.attention_blocks)
         self.projector = projectors.build_projector(c, dt, pdt, name="projector")
-        self.decoder = Decoder(c.decoder, dt, pdt, c.scan_layers, c.remat_policy, c.attention, c.lora)
+        self.decoder = Decoder(c.decoder, dt, pdt, c.scan_layers, c.remat_policy, c.attention, c.attention_blocks,
+                               c.lora)
         if c.aligngpt.enabled:
             self.align_indicators, self.gated_weight_layer = aligngpt.build(c.aligngpt, c.decoder.hidden_size, dt, pdt)
 
