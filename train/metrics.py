@@ -63,6 +63,42 @@ def _clean(v: Any) -> Any:
     return v
 
 
+class WandbMirror:
+    """The W&B run of a run directory (one run id per directory), holding every logged step once.
+
+    metrics.jsonl is the record; W&B mirrors it. A resumed run continues the same W&B run
+    (resume="allow") after the last step W&B really holds - the server's count online, the flushed
+    part of the offline transaction logs offline (a crash loses the last seconds W&B had not
+    written): steps between the checkpoint and that point are not sent again (W&B ignores a step
+    lower than its last; resume is bit-exact, so they hold the same values), and steps it misses
+    up to the checkpoint are sent from metrics.jsonl first."""
+
+    def __init__(self, run_dir: str, start_step: int, project: str, config: dict, jsonl_path: str):
+        import wandb  # optional dependency
+
+        from train import wandb_offline  # noqa: PLC0415
+
+        run_id = hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:16]
+        held = wandb_offline.last_step(os.path.join(run_dir, "wandb"), run_id)  # before this segment's files
+        self.run = wandb.init(project=project, id=run_id, resume="allow", config=config, dir=run_dir)
+        if not self.run.offline and self.run.resumed:
+            held = int(self.run.starting_step) - 1
+        self.first_new = held + 1  # steps below this are in W&B already
+        if os.path.exists(jsonl_path):  # what W&B misses up to the checkpoint (metrics.jsonl was cut there)
+            with open(jsonl_path, encoding="utf-8") as f:
+                for line in f:
+                    rec = json.loads(line)
+                    if held < rec.get("step", 0) <= start_step:
+                        self.run.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+
+    def log(self, rec: dict) -> None:
+        if rec["step"] >= self.first_new:
+            self.run.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
 class MetricsLogger:
     """Writes on process 0 only; other processes get a no-op logger."""
 
@@ -80,11 +116,7 @@ class MetricsLogger:
 
             self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=start_step)
         if cfg_logging.wandb:
-            import wandb  # optional dependency
-
-            run_id = hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:16]
-            self.wandb = wandb.init(project=cfg_logging.wandb_project, id=run_id, resume="allow",
-                                    config=config_dict, dir=run_dir)
+            self.wandb = WandbMirror(run_dir, start_step, cfg_logging.wandb_project, config_dict, self.path)
         if cfg_logging.progress_bar:
             from tqdm import tqdm
 
@@ -103,7 +135,7 @@ class MetricsLogger:
                 if self.tb is not None:
                     self.tb.add_scalar(k, v, step)
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in rec.items() if k != "step"}, step=step)
+            self.wandb.log(rec)
 
     def progress(self, step: int, loss: float, lr: float, tokens_per_second: float) -> None:
         if self.bar is not None:
