@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         p.error("--n must be >= 1")
 
     from vlm_jax.config import Config, ConfigError, load  # noqa: PLC0415
-    from vlm_jax.data.errors import DataError  # noqa: PLC0415
+    from vlm_jax.data.errors import DataError, SourceError  # noqa: PLC0415
     from vlm_jax.data.pipeline import make_loader  # noqa: PLC0415
     from vlm_jax.tokenizer import load_tokenizer  # noqa: PLC0415
 
@@ -69,9 +69,12 @@ def main(argv=None) -> int:
     try:
         tok = load_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer else None
         if tok is None:
-            raise DataError("data.tokenizer is not set")
+            raise SourceError("data.tokenizer is not set")
         loader = make_loader(cfg, batch_size=1, split=args.split, tokenizer=tok, process_index=0, process_count=1)
-    except (DataError, OSError, ValueError) as e:
+    except (SourceError, OSError) as e:  # nothing to inspect: bad usage
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     n_img, image_id = loader.spec.tokens_per_image, loader.spec.image_token_id
@@ -105,6 +108,9 @@ def main(argv=None) -> int:
             row = loader.next_row()
         except StopIteration:
             break
+        except DataError as e:  # strict mode, or nothing usable
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         seg = row["segment_ids"]
         n_images = int(row["image_mask"].sum())
         if args.json:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from vlm_jax.config import DataSourceConfig
 from vlm_jax.data import images as img_lib
 from vlm_jax.data import interleaved
-from vlm_jax.data.errors import DataError, SkipExample, describe
+from vlm_jax.data.errors import DataError, SkipExample, SourceError, describe
 from vlm_jax.data.examples import record_id
 from vlm_jax.data.sources import encode_record, open_source, parse_record
 from vlm_jax.output_folder import occupied, replacing
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     try:
         result = convert(args.src, args.image_folder, args.out, args.shards, args.strict, args.format,
                          progress=not args.quiet, overwrite=args.overwrite, max_pixels=args.max_image_pixels)
-    except FileExistsError as e:
+    except (FileExistsError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DataError as e:

@@ -1,7 +1,8 @@
 """Train a stage (or a recipe of stages): python -m train.main --config CONFIG [key=value ...]
 
-Exit codes: 0 done (or preempted by SIGTERM after saving), 1 stopped on a non-finite loss,
-2 bad usage or config (one line on stderr, before anything is compiled).
+Exit codes: 0 done (or preempted by SIGTERM after saving), 1 stopped on a non-finite loss or on bad
+data (strict mode, or nothing usable in the data), 2 bad usage, config or unusable data files (one
+line on stderr, before anything is compiled).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
     from train.loop import NonFiniteLoss, run
+    from vlm_jax.data.errors import DataError
 
     for s in stages:
         if s.name and stages_lib.stage_done(s):
@@ -106,8 +108,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         except NonFiniteLoss as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        except ConfigError as e:
+        except ConfigError as e:  # incl. data files no run can use (data.errors.SourceError)
             return _fail(str(e))
+        except DataError as e:  # strict mode's named record, or no usable example left
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         if summary.get("preempted"):
             return 0
     return 0

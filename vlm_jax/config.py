@@ -189,6 +189,8 @@ class DataConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     too_long: str = "truncate"  # truncate | drop (samples longer than seq_len)
     strict: bool = False  # true = bad input raises (naming file and record id) instead of skip+count
+    # stop with the skip counts when this many records in a row (or a whole epoch) give no example
+    max_consecutive_skips: int = 1000
     shuffle: bool = True
     seed: int = 0
     num_epochs: Optional[int] = None  # None = repeat forever

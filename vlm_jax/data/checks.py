@@ -37,5 +37,9 @@ def check_data(d: DataConfig, layout: Optional[ImageLayout] = None) -> None:
         if layout is not None and k != layout.crops_per_image:
             raise ConfigError(f"data.image.tiling: {d.image.tiling!r} gives {k} crops per image but the model's "
                               f"projector takes {layout.crops_per_image}")
+    for key, value in (("data.image.max_pixels", d.image.max_pixels), ("data.max_consecutive_skips",
+                                                                      d.max_consecutive_skips)):
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
     check_sources(d.sources, "data.sources")
     check_sources(d.eval_sources, "data.eval_sources")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vlm_jax.config_io import ConfigError
+
 # Every reason an example can be skipped for (stats keys are stable; tests and dashboards use them).
 REASONS = (
     "malformed_record",  # unparseable JSON line / record, or wrong field types
@@ -12,6 +14,7 @@ REASONS = (
     "unsafe_image_path",  # image path escapes the image folder
     "missing_image",
     "not_an_image",  # the file is not an image PIL can identify
+    "corrupt_record",  # an ArrayRecord chunk that fails its checksum (a damaged shard)
     "corrupt_image",  # identified but fails to decode
     "unsupported_image_mode",  # decoded, but no faithful 8-bit RGB (e.g. float values outside 0..255)
     "image_too_large",  # more pixels than data.image.max_pixels (default PIL's decompression-bomb limit)
@@ -26,6 +29,12 @@ class DataError(ValueError):
     """Raised in strict mode (and for unusable sources); names the file and record id."""
 
 
+class SourceError(DataError, ConfigError):
+    """Data no run can use, found while the loader is built (an unreadable or empty file, a damaged
+    shard index, a bad data.* value): a config problem, exit 2 in the CLIs. A DataError raised while
+    iterating (strict mode, nothing usable left) fails the run instead (exit 1)."""
+
+
 class SkipExample(Exception):
     """Raised inside example processing; the pipeline counts it under `reason`."""
 
@@ -35,6 +44,11 @@ class SkipExample(Exception):
         self.reason = reason
         self.detail = detail
         self.record_id = None  # set when the record parsed far enough to have one
+
+
+def describe_skips(by_reason: dict) -> str:
+    """{"missing_image": 3, "too_long": 1} -> "missing_image: 3, too_long: 1" (most first)."""
+    return ", ".join(f"{r}: {n}" for r, n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
 
 
 def describe(file: str, row: int, record_id, reason: str, detail: str) -> str:

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 
 from vlm_jax.data import aligngpt
-from vlm_jax.data.errors import DataError
+from vlm_jax.data.errors import DataError, describe_skips
 
 _PAD_ID = 0
 
@@ -71,10 +71,13 @@ class _Bin:
 
 
 class PackIterator(grain.DatasetIterator):
-    def __init__(self, parent, fetch, seq_len, max_images, image_shape, window, max_segments, strict):
+    def __init__(self, parent, fetch, seq_len, max_images, image_shape, window, max_segments, strict, skip_limit,
+                 skip_limit_is_epoch):
         super().__init__(parent)
         self._fetch, self._L, self._M, self._shape = fetch, seq_len, max_images, image_shape
         self._window, self._max_segments, self._strict = window, max_segments, strict
+        self._skip_limit, self._skip_limit_is_epoch = skip_limit, skip_limit_is_epoch
+        self._skips_in_row = 0
         self._max_age = 8 * window
         self._bins: list[_Bin] = []
         self._seen = 0  # examples consumed (ages of bins)
@@ -112,7 +115,13 @@ class PackIterator(grain.DatasetIterator):
                 raise DataError(el["message"])
             s["skipped_examples"] += 1
             s["skipped_by_reason"][el["skip"]] = s["skipped_by_reason"].get(el["skip"], 0) + 1
+            self._skips_in_row += 1
+            if self._skips_in_row >= self._skip_limit:
+                why = "a whole epoch" if self._skip_limit_is_epoch else f"data.max_consecutive_skips={self._skip_limit}"
+                raise DataError(f"no usable example: {self._skips_in_row} records in a row were skipped ({why}); "
+                                f"skipped so far: {describe_skips(s['skipped_by_reason'])}; the last: {el['message']}")
         else:
+            self._skips_in_row = 0
             s["examples"] += 1
             s["truncated_examples"] += int(el.get("truncated", False))
             src = el.get("source") or ""
@@ -148,6 +157,7 @@ class PackIterator(grain.DatasetIterator):
             "parent": copy.deepcopy(self._parent.get_state()),
             "bins": [[[e["index"] for e in b.examples], b.born] for b in self._bins],
             "seen": self._seen,
+            "skips_in_row": self._skips_in_row,
             "done": self._done,
             "stats": copy.deepcopy(self._stats),
         }
@@ -161,6 +171,7 @@ class PackIterator(grain.DatasetIterator):
                 b.add(self._fetch(i))
             self._bins.append(b)
         self._seen, self._done = state["seen"], state["done"]
+        self._skips_in_row = state.get("skips_in_row", 0)
         self._stats = copy.deepcopy(state["stats"])
 
     def stats(self) -> dict:
@@ -175,10 +186,10 @@ class PackIterDataset(grain.IterDataset):
 
     def __init__(self, parent, fetch: Callable[[int], dict], *, seq_len: int, max_images: int,
                  image_shape: tuple, window: int = 32, max_segments: Optional[int] = None,
-                 strict: bool = False):
+                 strict: bool = False, skip_limit: int = 1000, skip_limit_is_epoch: bool = False):
         super().__init__(parent)
         self._args = (fetch, seq_len, max_images, tuple(image_shape), max(1, window),
-                      max_segments or seq_len, strict)
+                      max_segments or seq_len, strict, skip_limit, skip_limit_is_epoch)
 
     def __iter__(self) -> PackIterator:
         return PackIterator(self._parent.__iter__(), *self._args)

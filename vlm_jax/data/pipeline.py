@@ -24,7 +24,7 @@ from vlm_jax.config import AlignGPTConfig, ConfigError, DataConfig, DataSourceCo
 from vlm_jax.data import examples as ex_lib
 from vlm_jax.data import interleaved
 from vlm_jax.data.checks import check_data, check_sources
-from vlm_jax.data.errors import DataError, SkipExample, describe
+from vlm_jax.data.errors import SkipExample, SourceError, describe
 from vlm_jax.data.packing import PackIterDataset, empty_stats
 from vlm_jax.data.sources import RawRecord, open_source
 from vlm_jax.image_layout import crops_for_tiling, image_layout
@@ -38,7 +38,7 @@ def default_encode(cfg: DataConfig, tokenizer=None) -> ex_lib.EncodeFn:
         from vlm_jax.tokenizer import load_tokenizer  # noqa: PLC0415
 
         if not cfg.tokenizer:
-            raise DataError("data.tokenizer is not set")
+            raise SourceError("data.tokenizer is not set")
         tokenizer = load_tokenizer(cfg.tokenizer)
 
     def encode(conversations):
@@ -58,7 +58,7 @@ def _source_datasets(sources: Sequence[DataSourceConfig]) -> list[grain.MapDatas
         if s.max_examples is not None:
             ds = ds[: s.max_examples]
         if len(ds) == 0:
-            raise DataError(f"{s.path}: data source is empty")
+            raise SourceError(f"{s.path}: data source is empty")
         out.append(ds)
     return out
 
@@ -66,8 +66,14 @@ def _source_datasets(sources: Sequence[DataSourceConfig]) -> list[grain.MapDatas
 def record_dataset(sources: Sequence[DataSourceConfig], *, shuffle: bool, seed: int,
                    num_epochs: Optional[int], process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
     """The global record order (mixed, shuffled, repeated), then this process's slice of it."""
+    return _repeat_and_slice(epoch_dataset(sources, shuffle=shuffle, seed=seed), num_epochs, process_index,
+                             process_count)
+
+
+def epoch_dataset(sources: Sequence[DataSourceConfig], *, shuffle: bool, seed: int) -> grain.MapDataset:
+    """One epoch of the global record order (mixed, shuffled)."""
     if not sources:
-        raise DataError("no data sources configured")
+        raise SourceError("no data sources configured")
     dss = _source_datasets(sources)
     weights = [s.weight for s in sources]  # none, or all positive (data/checks.py)
     if all(w is None for w in weights):
@@ -78,6 +84,11 @@ def record_dataset(sources: Sequence[DataSourceConfig], *, shuffle: bool, seed: 
         if shuffle:  # shuffle the components, not the mix, so the proportions hold in every window
             dss = [d.shuffle(seed=seed + i) for i, d in enumerate(dss)]
         ds = grain.MapDataset.mix(dss, weights)
+    return ds
+
+
+def _repeat_and_slice(ds: grain.MapDataset, num_epochs: Optional[int], process_index: int,
+                      process_count: int) -> grain.MapDataset:
     ds = ds.repeat(num_epochs)
     if process_count > 1:
         ds = ds[process_index::process_count]
@@ -103,7 +114,7 @@ def _checked(check, *args) -> None:
     try:
         check(*args)
     except ConfigError as e:
-        raise DataError(str(e)) from None
+        raise SourceError(str(e)) from None
 
 
 class DataLoader:
@@ -117,9 +128,7 @@ class DataLoader:
         if sources is not None:
             _checked(check_sources, sources, "sources")
         if cfg.image.tiling == "auto":
-            raise DataError("data.image.tiling=auto needs the model: build the loader with make_loader")
-        if cfg.image.max_pixels < 1:
-            raise DataError(f"data.image.max_pixels must be >= 1, got {cfg.image.max_pixels}")
+            raise SourceError("data.image.tiling=auto needs the model: build the loader with make_loader")
         self.batch_size = batch_size
         self.spec = ex_lib.ExampleSpec(
             seq_len=cfg.seq_len, max_images=cfg.max_images, tokens_per_image=tokens_per_image,
@@ -132,9 +141,14 @@ class DataLoader:
         train = split == "train"
         if sources is None:
             sources = cfg.sources if train else cfg.eval_sources
-        records = record_dataset(
-            sources, shuffle=cfg.shuffle and train, seed=cfg.seed, num_epochs=cfg.num_epochs if train else 1,
-            process_index=process_index, process_count=process_count)
+        epoch = epoch_dataset(sources, shuffle=cfg.shuffle and train, seed=cfg.seed)
+        num_epochs = cfg.num_epochs if train else 1
+        records = _repeat_and_slice(epoch, num_epochs, process_index, process_count)
+        # nothing usable in this many records in a row, or in a whole epoch that would be read again: stop
+        # with the skip counts instead of spinning (a last epoch just ends; stats() has the counts)
+        repeats = num_epochs is None or num_epochs > 1
+        per_epoch = max(1, len(epoch) // process_count)
+        skip_limit = min(cfg.max_consecutive_skips, per_epoch) if repeats else cfg.max_consecutive_skips
         spec = self.spec
         self.examples = records.map_with_index(
             lambda i, raw: {**_tagged(raw, lambda r: ex_lib.build_example(r, encode, spec)), "index": i})
@@ -143,7 +157,8 @@ class DataLoader:
         self.rows = PackIterDataset(
             self.examples.to_iter_dataset(read), self.examples.__getitem__, seq_len=cfg.seq_len,
             max_images=cfg.max_images, image_shape=self.image_shape, window=window,
-            max_segments=max_segments, strict=cfg.strict)
+            max_segments=max_segments, strict=cfg.strict, skip_limit=skip_limit,
+            skip_limit_is_epoch=skip_limit < cfg.max_consecutive_skips)
         self._it = iter(self.rows)
 
     def __iter__(self):

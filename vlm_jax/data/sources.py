@@ -18,10 +18,17 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from vlm_jax.config import DataSourceConfig
-from vlm_jax.data.errors import DataError, SkipExample
+from vlm_jax.data.errors import SkipExample, SourceError
 from vlm_jax.data import interleaved
 
 _MAGIC = b"VLMR"
+
+
+@dataclasses.dataclass(frozen=True)
+class Unreadable:
+    """The payload of a record its file could not give back (a chunk failing its checksum)."""
+
+    detail: str
 
 
 @dataclasses.dataclass
@@ -100,6 +107,8 @@ def parse_record(raw: RawRecord) -> Record:
     """RawRecord -> Record, raising SkipExample('malformed_record') on structural problems."""
     embedded = None
     payload = raw.payload
+    if isinstance(payload, Unreadable):
+        raise SkipExample("corrupt_record", payload.detail)
     if isinstance(payload, (bytes, bytearray)):
         if payload[:4] == _MAGIC:
             payload, embedded = decode_record(bytes(payload))
@@ -146,9 +155,9 @@ class LlavaJsonSource:
             with open(path, encoding="utf-8") as f:
                 self._records = json.load(f)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: cannot read LLaVA JSON: {e}") from None
+            raise SourceError(f"{path}: cannot read LLaVA JSON: {e}") from None
         if not isinstance(self._records, list):
-            raise DataError(f"{path}: LLaVA JSON must be a list of records")
+            raise SourceError(f"{path}: LLaVA JSON must be a list of records")
         self.path, self.image_folder, self.name = path, image_folder, name
 
     def __len__(self) -> int:
@@ -171,7 +180,7 @@ class JsonlSource:
                         ends.append(pos + len(line))
                     pos += len(line)
         except OSError as e:
-            raise DataError(f"{path}: cannot read JSONL: {e}") from None
+            raise SourceError(f"{path}: cannot read JSONL: {e}") from None
         self._starts = np.asarray(starts, np.int64)
         self._ends = np.asarray(ends, np.int64)
         self.path, self.image_folder, self.name = path, image_folder, name
@@ -198,12 +207,16 @@ class ArrayRecordSource:
         from array_record.python.array_record_module import ArrayRecordReader  # noqa: PLC0415
 
         if not paths:
-            raise DataError("ArrayRecord source has no files")
+            raise SourceError("ArrayRecord source has no files")
         counts = []
         for p in paths:
-            r = ArrayRecordReader(p)
-            counts.append(r.num_records())
-            r.close()
+            try:
+                r = ArrayRecordReader(p)
+                counts.append(r.num_records())
+                r.close()
+            except RuntimeError as e:  # riegeli checks every block: a damaged index or footer
+                raise SourceError(f"{p}: corrupt ArrayRecord file ({_first_line(e)}); rewrite it with "
+                                  "tools.prepare_data") from None
         self._cum = np.cumsum([0] + counts)
         self._paths, self.name = list(paths), name
         self._ds = grain.sources.ArrayRecordDataSource(self._paths)
@@ -213,7 +226,15 @@ class ArrayRecordSource:
 
     def __getitem__(self, i: int) -> RawRecord:
         f = bisect.bisect_right(self._cum, i) - 1
-        return RawRecord(self._paths[f], i - int(self._cum[f]), self._ds[i], "", self.name)
+        try:
+            payload = self._ds[i]
+        except RuntimeError as e:  # the record's chunk fails its hash: skip (and count) just this record
+            payload = Unreadable(_first_line(e))
+        return RawRecord(self._paths[f], i - int(self._cum[f]), payload, "", self.name)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 class TfdsSource:
@@ -241,13 +262,13 @@ def _detect_format(path: str) -> str:
         return "jsonl"
     if path.endswith(".json"):
         return "llava_json"
-    raise DataError(f"{path}: cannot tell the format from the name; set format:")
+    raise SourceError(f"{path}: cannot tell the format from the name; set format:")
 
 
 def open_source(cfg: DataSourceConfig):
     """DataSourceConfig -> a random-access source of RawRecords (len / getitem)."""
     if not cfg.path:
-        raise DataError("data source without a path")
+        raise SourceError("data source without a path")
     fmt = _detect_format(cfg.path) if cfg.format == "auto" else cfg.format
     name = cfg.name or os.path.splitext(os.path.basename(cfg.path.rstrip("/")))[0]
     if fmt == "tfds":
@@ -258,13 +279,13 @@ def open_source(cfg: DataSourceConfig):
         else:
             paths = sorted(glob.glob(cfg.path))
         if not paths:
-            raise DataError(f"{cfg.path}: no ArrayRecord files found")
+            raise SourceError(f"{cfg.path}: no ArrayRecord files found")
         src = ArrayRecordSource(paths, name)
     elif fmt in ("llava_json", "jsonl"):
         if not os.path.isfile(cfg.path):
-            raise DataError(f"{cfg.path}: data file not found")
+            raise SourceError(f"{cfg.path}: data file not found")
         cls = LlavaJsonSource if fmt == "llava_json" else JsonlSource
         src = cls(cfg.path, cfg.image_folder, name)
     else:
-        raise DataError(f"{cfg.path}: unknown data format {fmt!r} (llava_json | jsonl | array_record | tfds)")
+        raise SourceError(f"{cfg.path}: unknown data format {fmt!r} (llava_json | jsonl | array_record | tfds)")
     return src

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm_jax.data.errors import DataError
+from vlm_jax.data.errors import SourceError
 
 IMAGE_KEYS = ("image", "images")
 
@@ -97,20 +97,20 @@ def _skip_image_decoding(features) -> dict:
 
 
 def open_data_source(name: str, split: str, data_dir: str):
-    """tfds.data_source with the images left encoded; a clear DataError when it cannot be opened."""
+    """tfds.data_source with the images left encoded; a clear SourceError when it cannot be opened."""
     try:
         import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy import, only when used)
     except ImportError:
-        raise DataError("format: tfds needs tensorflow-datasets (pip install tensorflow-datasets)") from None
+        raise SourceError("format: tfds needs tensorflow-datasets (pip install tensorflow-datasets)") from None
     where = f"tfds {name} (split {split!r}, data_dir {data_dir or 'default'})"
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
         if "array_record" not in str(builder.info.file_format).lower():
-            raise DataError(f"{where}: prepared as {builder.info.file_format}, random access needs "
+            raise SourceError(f"{where}: prepared as {builder.info.file_format}, random access needs "
                             "file_format='array_record'")
         return tfds.data_source(name, split=split, data_dir=data_dir or None,
                                 decoders=_skip_image_decoding(builder.info.features)), where
-    except DataError:
+    except SourceError:
         raise
     except Exception as e:  # TFDS raises many kinds (not found, bad split, ...): one line naming the dataset
-        raise DataError(f"{where}: cannot open: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise SourceError(f"{where}: cannot open: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
