@@ -2,7 +2,7 @@
 
 PALO-7B/13B are original-LLaVA checkpoints (mlp2x_gelu); MobilePALO-1.7B is MobileVLM's layout: the
 same `LlavaLlamaForCausalLM`-style keys with a MobileLLaMA decoder (a LLaMA) and the `ldpnet` projector
-under `model.mm_projector.mlp.{1,3}` / `model.mm_projector.mb_block.{1,2}.block.*` (projector_keys.py),
+under `model.mm_projector.model.mlp.{1,3}` / `model.mm_projector.model.mb_block.{1,2}.block.*` (projector_keys.py),
 `mm_projector_type: ldpnet`. Everything is the `llava` format's except the model class that configs
 written from scratch name.
 """

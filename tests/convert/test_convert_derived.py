@@ -7,16 +7,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
 from tests.helpers import derived as dh
 from tests.helpers.convert_models import IMAGE_TOKEN, assert_same_tensors, cli, prompt, tensors
-from tests.helpers.torch_projectors import TorchDownsample, TorchLDP, TorchMultiscalePool
+from tests.helpers.mobilevlm_ldp import LDPNetProjector
+from tests.helpers.torch_projectors import TorchDownsample, TorchMultiscalePool
 from vlm_jax.checkpoint import load_model_checkpoint
 from vlm_jax.image_layout import image_layout
 from vlm_jax.models.vit import num_layers_used
@@ -40,8 +45,12 @@ def same_json(a: str, b: str) -> None:
         assert json.load(f) == json.load(g), (a, b)
 
 
+def mobilevlm_ldp(inc: int = 32, ouc: int = 64) -> LDPNetProjector:
+    return LDPNetProjector(SimpleNamespace(mm_hidden_size=inc, hidden_size=ouc))
+
+
 def test_palo_mobilevlm_ldpnet(tmp_path):
-    hf = dh.tiny_llava(TorchLDP(32, 64))
+    hf = dh.tiny_llava(mobilevlm_ldp())
     src = str(tmp_path / "mpalo")
     dh.save_mobilevlm(hf, src)
     dh.save_vision(hf, str(tmp_path / "clip"))
@@ -55,7 +64,25 @@ def test_palo_mobilevlm_ldpnet(tmp_path):
     cli("export", "--format", "palo", "--src", str(tmp_path / "ck"), "--out", str(tmp_path / "out"))
     assert_same_tensors(tensors(src), tensors(str(tmp_path / "out")))
     same_json(os.path.join(src, "config.json"), str(tmp_path / "out" / "config.json"))
-    assert "model.mm_projector.mb_block.2.block.1.fc1.weight" in tensors(str(tmp_path / "out"))
+    exported = tensors(str(tmp_path / "out"))
+    assert "model.mm_projector.model.mb_block.2.block.1.fc1.weight" in exported
+    # MobileVLM's own module loads the exported projector strictly and computes what it computed
+    ldp = mobilevlm_ldp().eval()
+    ldp.load_state_dict({k[len("model.mm_projector."):]: torch.from_numpy(v) for k, v in exported.items()
+                         if k.startswith("model.mm_projector.")}, strict=True)
+    feats = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ldp(feats), hf.model.multi_modal_projector(feats), rtol=0, atol=0)
+    # the names without MobileVLM's `model.` (exported so by earlier versions of this converter) import too
+    flat = str(tmp_path / "flat")
+    os.makedirs(flat)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(src, name), flat)
+    save_file({k.replace("model.mm_projector.model.", "model.mm_projector."): torch.from_numpy(v)
+               for k, v in tensors(src).items()}, os.path.join(flat, "model.safetensors"))
+    cli("import", "--format", "palo", "--src", flat, "--vision", str(tmp_path / "clip"), "--out", str(tmp_path / "ck2"))
+    a2, _ = ours(str(tmp_path / "ck2"), np.where(toks == IMAGE_TOKEN, -200, toks), imgs[:, None])
+    np.testing.assert_array_equal(a, a2)
     # stage-1 file with MobileVLM's projector names, assembled with the tower and the LLM again
     cli("export", "--format", "palo", "--projector-only", "--src", str(tmp_path / "ck"), "--out", str(tmp_path / "s1"))
     llm = LlamaForCausalLM(hf.config.text_config)
@@ -111,7 +138,7 @@ def test_centurio_multiscale_pool_qwen2(tmp_path):
 @pytest.mark.parametrize("fmt", ["palo", "vila", "centurio"])
 def test_fresh_configs_reimport_to_the_same_model(tmp_path, fmt):
     """A CKPT without the source configs (as training writes) exports configs that import back."""
-    builders = {"palo": (TorchLDP(32, 64), "clip", "llama", dh.save_mobilevlm),
+    builders = {"palo": (mobilevlm_ldp(), "clip", "llama", dh.save_mobilevlm),
                 "vila": (TorchDownsample(32, 64), "siglip", "llama", dh.save_vila),
                 "centurio": (TorchMultiscalePool(32, 64), "siglip", "qwen2", dh.save_centurio)}
     proj, vision, text, save = builders[fmt]
