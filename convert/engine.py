@@ -79,25 +79,27 @@ def import_weights(sources: list[Source], cfg: ModelConfig, out_dir: Optional[st
     shapes = VLM(cfg).abstract_params()
     readers = [(s, TensorReader(s.path)) for s in sources]
     used: dict[str, tuple[int, str]] = {}  # canonical -> (source idx, key)
-    wanted: list[dict[str, Optional[str]]] = []  # per source: key -> canonical (used) or None (extra)
+    wanted: list[dict] = []  # per source: key -> [(canonical, slice)] (used) or None (kept aside)
     unused, extras_plan = [], []
     for si, (src, reader) in enumerate(readers):
         want = {}
         for info in reader.infos():
-            canon = src.to_canonical(info.key)
-            entry = entries.get(canon) if canon else None
-            if entry is not None and canon not in used:
-                expected = mapping.hf_shape(entry, mapping.get_leaf(shapes, entry.path).shape)
-                if tuple(info.shape) != expected:
-                    raise ConversionError(
-                        f"shape mismatch for tensor '{info.key}' in {info.file}: got {list(info.shape)}, the model "
-                        f"config expects {list(expected)} (-> params/{'/'.join(entry.path)})")
-                used[canon] = (si, info.key)
-                want[info.key] = canon
+            target = src.to_canonical(info.key)
+            parts = mapping.pieces(target, tuple(info.shape))
+            if parts and all(c in entries and c not in used for c, _, _ in parts):
+                for canon, shape, _ in parts:
+                    entry = entries[canon]
+                    expected = mapping.hf_shape(entry, mapping.get_leaf(shapes, entry.path).shape)
+                    if shape != expected:
+                        raise ConversionError(
+                            f"shape mismatch for tensor '{info.key}' in {info.file}: got {list(info.shape)}, the "
+                            f"model config expects {list(expected)} for {canon} (-> params/{'/'.join(entry.path)})")
+                    used[canon] = (si, info.key)
+                want[info.key] = [(c, sl) for c, _, sl in parts]
                 continue
             unused.append((src.name or src.path, info.key))
             if src.keep_unused and out_dir is not None:
-                name = canon if canon and canon not in entries else f"raw.{info.key}"
+                name = target if isinstance(target, str) and target not in entries else f"raw.{info.key}"
                 want[info.key] = None
                 extras_plan.append((info.key, name, info.shape, info.dtype))
         wanted.append(want)
@@ -129,13 +131,12 @@ def import_weights(sources: list[Source], cfg: ModelConfig, out_dir: Optional[st
     bar = tqdm(total=total, desc="import", unit="tensor", disable=not progress, file=sys.stderr)
     for (src, reader), want in zip(readers, wanted):
         for key, t in reader.iter_tensors(set(want)):
-            canon = want[key]
-            if canon is None:
+            if want[key] is None:
                 writer.write(extra_name[key], t)
-            else:
+            for canon, sl in want[key] or ():
                 e = entries[canon]
                 leaf = mapping.get_leaf(params, e.path)
-                value = mapping.TO_OURS[e.kind](t)
+                value = mapping.TO_OURS[e.kind](t[sl])
                 if e.layer is None:
                     leaf[...] = value
                 else:
@@ -209,27 +210,30 @@ def read_ckpt(path: str) -> Ckpt:
     return Ckpt(os.path.abspath(path), params, cfg, conv)
 
 
-def export_weights(ckpt: Ckpt, out_dir: str, from_canonical: Callable[[str], Optional[str]], *,
+def export_weights(ckpt: Ckpt, out_dir: str, from_canonical: Callable[[str], object], *,
                    keep_extra: Callable[[str], bool] = lambda name: True,
                    fillers: Optional[dict] = None, dtype: Optional[str] = None,
                    max_shard_bytes: int = 5 * 2**30, prefix: str = "model", progress: bool = True,
                    select: Callable[[str], bool] = lambda name: True, writer_cls=ShardedSafetensorsWriter) -> list[str]:
     """Write the params (and the kept extra tensors, and `fillers`: canonical -> array for tensors
     the target format expects but we do not have) as safetensors shards. Tensors take the source
-    dtype recorded at import unless `dtype` is given. Returns the written keys."""
+    dtype recorded at import unless `dtype` is given. `from_canonical` returns a key, None (no name in
+    the format), a mapping.Part of a fused key or a mapping.Unsqueezed key. Returns the written keys."""
     cfg, params = ckpt.cfg, ckpt.params
     recorded = ckpt.conversion.get("dtypes", {})
-    items, jobs, seen = [], [], set()
+    planned: dict[str, dict] = {}  # key -> {"shape", "dtype", "count", "pieces": {index: (kind, what, shape)}}
 
     def plan(canon: str, shape, dt, job) -> None:
-        key = from_canonical(canon)
-        if key is None:
+        target = from_canonical(canon)
+        if target is None:
             raise ConversionError(f"the target layout has no name for '{canon}'")
-        if key in seen:
+        key, index, count = ((target.key, target.index, target.count) if isinstance(target, mapping.Part)
+                             else (getattr(target, "key", target), 0, 1))
+        p = planned.setdefault(key, {"dtype": dt, "count": count, "pieces": {},
+                                     "unsqueeze": isinstance(target, mapping.Unsqueezed)})
+        if index in p["pieces"] or p["count"] != count:
             raise ConversionError(f"two tensors map to '{key}'")
-        seen.add(key)
-        items.append((key, tuple(shape), dt))
-        jobs.append((key, job))
+        p["pieces"][index] = (job, tuple(shape))
 
     consumed = set()
     for e in mapping.all_entries(cfg):
@@ -246,33 +250,51 @@ def export_weights(ckpt: Ckpt, out_dir: str, from_canonical: Callable[[str], Opt
         if not select(info.key):
             continue
         if keep_extra(info.key) and from_canonical(info.key) is not None:
-            plan(info.key, info.shape, info.dtype, ("extra", info.key))
+            plan(info.key, info.shape, info.dtype, ("extra", info.key))  # kept aside as the source had it
         else:
             dropped.append(info.key)
+    written = set(planned)
     for canon, arr in (fillers or {}).items():
-        if select(canon) and from_canonical(canon) not in seen:
+        target = from_canonical(canon)
+        if select(canon) and target is not None and getattr(target, "key", target) not in written:
             plan(canon, arr.shape, dtype or arr.dtype.name, ("filler", arr))
     _report("extra tensors not exported to this format", dropped)
     _report("params without a checkpoint name (not exported)",
             ["/".join(p) for p in mapping.leaf_paths(params) if p not in consumed])
 
+    items = []
+    for key, p in planned.items():
+        if len(p["pieces"]) != p["count"]:
+            raise ConversionError(f"'{key}' is fused from {p['count']} tensors, only {len(p['pieces'])} exist")
+        shapes = [p["pieces"][i][1] for i in range(p["count"])]
+        shape = (sum(s[0] for s in shapes), *shapes[0][1:]) if p["count"] > 1 else shapes[0]
+        items.append((key, (1, *shape) if p["unsqueeze"] else shape, p["dtype"]))
     writer = writer_cls(out_dir, items, max_shard_bytes=max_shard_bytes, prefix=prefix)
-    dtypes = {k: d for k, _, d in items}
     bar = tqdm(total=len(items), desc="export", unit="tensor", disable=not progress, file=sys.stderr)
-    extra_jobs = {}
-    for key, (kind, what) in jobs:
-        if kind == "param":
-            writer.write(key, mapping.to_hf(what, mapping.get_leaf(params, what.path)).astype(np_dtype(dtypes[key])))
-        elif kind == "filler":
-            writer.write(key, np.asarray(what).astype(np_dtype(dtypes[key])))
-        else:
-            extra_jobs[what] = key
-            continue
-        bar.update(1)
+    ready: dict[str, dict] = {k: {} for k in planned}
+
+    def put(key: str, index: int, array: np.ndarray) -> None:
+        ready[key][index] = np.asarray(array).astype(np_dtype(planned[key]["dtype"]))
+        p = planned[key]
+        if len(ready[key]) == p["count"]:
+            parts = ready.pop(key)
+            t = np.concatenate([parts[i] for i in range(p["count"])]) if p["count"] > 1 else parts[0]
+            writer.write(key, t[None] if p["unsqueeze"] else t)
+            bar.update(1)
+
+    extra_jobs: dict[str, list] = {}
+    for key, p in planned.items():
+        for index, ((kind, what), _) in p["pieces"].items():
+            if kind == "param":
+                put(key, index, mapping.to_hf(what, mapping.get_leaf(params, what.path)))
+            elif kind == "filler":
+                put(key, index, what)
+            else:
+                extra_jobs.setdefault(what, []).append((key, index))
     if extra_jobs:
         for name, t in TensorReader(ckpt.extras_path).iter_tensors(set(extra_jobs)):
-            writer.write(extra_jobs[name], t)
-            bar.update(1)
+            for key, index in extra_jobs[name]:
+                put(key, index, t)
     bar.close()
     writer.close()
     return [k for k, _, _ in items]

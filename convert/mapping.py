@@ -171,3 +171,42 @@ def vision_fillers(cfg: ModelConfig) -> dict:
     d = cfg.vision.hidden_size
     return {"vision.post_layernorm.weight": np.ones((d,), np.float32),
             "vision.post_layernorm.bias": np.zeros((d,), np.float32)}
+
+
+@dataclass(frozen=True)
+class Fused:
+    """What a key function returns for a source tensor that holds several canonical tensors, split in
+    equal parts along axis 0 (timm's attention `qkv` = q, k, v)."""
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Squeezed:
+    """A source tensor with a leading axis of size 1 that the canonical tensor lacks (timm's `pos_embed`)."""
+    name: str
+
+
+@dataclass(frozen=True)
+class Part:
+    """What an export key function returns for a canonical tensor that is part `index` of `count` of `key`."""
+    key: str
+    index: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Unsqueezed:
+    key: str
+
+
+def pieces(target, shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...], object]]:
+    """A source tensor's canonical pieces: [(canonical name, its shape, slice of the source tensor)]."""
+    if isinstance(target, Fused):
+        n = len(target.names)
+        if shape[0] % n:
+            return []
+        k = shape[0] // n
+        return [(name, (k, *shape[1:]), np.s_[i * k:(i + 1) * k]) for i, name in enumerate(target.names)]
+    if isinstance(target, Squeezed):
+        return [(target.name, tuple(shape[1:]), 0)] if shape and shape[0] == 1 else []
+    return [(target, tuple(shape), np.s_[...])] if target else []

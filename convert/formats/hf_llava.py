@@ -101,45 +101,32 @@ def hf_config(cfg: ModelConfig, extra_names: list[str]) -> LlavaConfig:
 @register("hf-llava")
 class HFLlava(CheckpointFormat):
     export_options = ("layout",)
-    default_layout, default_vision_model = "hf5", False  # export of a model imported from elsewhere
 
     def recognizes(self, config: dict, folder: str) -> bool:
-        return config.get("model_type") == "llava" and "llm_cfg" not in config
-
-    def read_config(self, src: str, pre: Optional[dict]) -> tuple[ModelConfig, dict]:
-        config = hf_configs.load_config(src)
-        if config.model_type != "llava":
-            raise hf_configs.UnsupportedConfig(f"{src}: model_type '{config.model_type}' is not 'llava'")
-        return model_config(config, pre), read_json(os.path.join(src, "config.json"))
-
-    def key_functions(self, layout: str, vision_model: bool):
-        return key_functions(layout, vision_model)
+        others = {"llm_cfg", "timm_model"}  # VILA's, Centurio's LlavaConfig
+        return config.get("model_type") == "llava" and "text_config" in config and not others & set(config)
 
     def read(self, src: str) -> Reading:
         pre = preprocessor.read(src)
-        cfg, config = self.read_config(src, pre)
+        config = hf_configs.load_config(src)
+        if config.model_type != "llava":
+            raise hf_configs.UnsupportedConfig(f"{src}: model_type '{config.model_type}' is not 'llava'")
+        cfg = model_config(config, pre)
         layout, vision_model = detect_layout([i.key for i in TensorReader(src).infos()])
-        to_canonical, _ = self.key_functions(layout, vision_model)
-        meta = {"layout": layout, "vision_model": vision_model, "config": config, "preprocessor": pre,
+        to_canonical, _ = key_functions(layout, vision_model)
+        meta = {"layout": layout, "vision_model": vision_model, "config": read_json(os.path.join(src, "config.json")),
+                "preprocessor": pre,
                 "generation_config": read_json(os.path.join(src, "generation_config.json"))}
         return Reading(cfg, [engine.Source(src, to_canonical, True, "source")], meta, src)
 
     def source_model(self, source: dict, cfg: ModelConfig) -> ModelConfig:
         return model_config(LlavaConfig.from_dict(source["config"]), source.get("preprocessor"))
 
-    def fresh_config(self, ckpt: engine.Ckpt):
-        return hf_config(ckpt.cfg, ckpt.extra_names())
-
-    def check_exportable(self, cfg: ModelConfig) -> None:
-        """Raise if the format cannot hold this model (hf_config checks what a fresh config needs)."""
-
     def folders(self, ckpt: engine.Ckpt, own: bool, layout: Optional[str] = None) -> list[Folder]:
-        self.check_exportable(ckpt.cfg)
         source = ckpt.source
-        layout = layout or (source.get("layout") if own else None) or self.default_layout
-        _, from_canonical = self.key_functions(layout, bool(source.get("vision_model", True)) if own else
-                                               self.default_vision_model)
-        config = source["config"] if self.reuses_source_config(ckpt, own) else self.fresh_config(ckpt)
+        layout = layout or (source.get("layout") if own else None) or "hf5"
+        _, from_canonical = key_functions(layout, bool(source.get("vision_model")) if own else False)
+        config = source["config"] if self.reuses_source_config(ckpt, own) else hf_config(ckpt.cfg, ckpt.extra_names())
 
         def keep(name: str) -> bool:
             if name.startswith("raw."):
@@ -153,7 +140,7 @@ class HFLlava(CheckpointFormat):
                        image_processor=None if pre else preprocessor.image_processor(ckpt.cfg.vision))]
 
     def peft_key(self, cfg: ModelConfig, layout: Optional[str] = None):
-        return self.key_functions(layout or self.default_layout, False)[1]
+        return key_functions(layout or "hf5", False)[1]
 
     def peft_module_keys(self):
         return [key_functions("hf5", False)[0], key_functions("hf4", False)[0]]

@@ -38,7 +38,7 @@ def test_detect_format_from_config(tmp_path):
              "palo": {"model_type": "mobilevlm", "mm_projector_type": "ldpnet"},
              "aligngpt": {"model_type": "aligngpt", "mm_projector_type": "mlp2x_gelu"},
              "vila": {"model_type": "llava", "llm_cfg": {}, "vision_tower_cfg": {}},
-             "centurio": {"model_type": "centurio"}}
+             "centurio": {"model_type": "llava", "text_config": {}, "timm_model": "vit_so400m_patch14_siglip_384"}}
     for want, config in cases.items():
         d = tmp_path / want
         d.mkdir()

@@ -116,20 +116,6 @@ def save_vila(hf, path: str) -> None:
         json.dump(top, f, indent=2)
 
 
-def save_centurio(hf, path: str) -> None:
-    p = parts(hf)
-    sd = {**{"language_model." + k: v for k, v in p["lm"].items()},
-          **{"vision_tower." + k: v for k, v in p["vision"].items()},
-          **{"multi_modal_projector.adapter." + k: v for k, v in p["projector"].items()}}
-    c = hf.config
-    config = {"architectures": ["CenturioForConditionalGeneration"], "model_type": "centurio",
-              "vision_config": c.vision_config.to_dict(), "text_config": c.text_config.to_dict(),
-              "image_token_index": IMAGE_TOKEN, "vision_feature_layer": -2, "adapter_type": "multiscale-pool",
-              "multi_scale": 2, "tie_word_embeddings": c.tie_word_embeddings}
-    _save(sd, path, config)
-    make_tokenizer(path)
-
-
 def torch_logits(hf, tokens: np.ndarray, pixels: np.ndarray, mean, std) -> np.ndarray:
     """pixels uint8 [N, H, W, 3] (all crops of all images, in order)."""
     x = (pixels.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
