@@ -42,9 +42,23 @@ def step_flops(cfg: ModelConfig, trainable: list[str], tokens: float, images: fl
     """FLOPs of one optimizer step over `tokens` real tokens and `images` real image crops."""
     f = _factors(trainable)
     d, v = cfg.decoder, cfg.vision
-    ctx = seq_len / 2  # causal: on average half the row is attended
-    dec = tokens * (f["decoder"] * decoder_matmul_params(cfg) + f["decoder"] * d.num_layers * 2 * ctx * d.num_heads * d.dim_per_head)
+    dec = tokens * f["decoder"] * decoder_matmul_params(cfg)
     n = v.num_patches
-    vis = images * n * (f["vision"] * vision_matmul_params(cfg) + f["vision"] * v.num_layers * 2 * n * v.hidden_size)
+    vis = images * n * f["vision"] * vision_matmul_params(cfg)
     proj = images * n * f["projector"] * (v.hidden_size * d.hidden_size + d.hidden_size**2)
-    return float(dec + vis + proj)
+    return float(dec + vis + proj) + attention_flops(cfg, trainable, tokens, images, seq_len)
+
+
+def attention_flops(cfg: ModelConfig, trainable: list[str], tokens: float, images: float, seq_len: int,
+                    recompute: bool = False) -> float:
+    """The attention part (QK^T and AV) of step_flops; `recompute` adds the forward a remat'd layer
+    runs again before its backward (hardware FLOPs, not model FLOPs)."""
+    f = _factors(trainable)
+    if recompute:
+        f = {k: x + 2 if x > 2 else x for k, x in f.items()}
+    d, v = cfg.decoder, cfg.vision
+    ctx = seq_len / 2  # causal: on average half the row is attended
+    dec = tokens * f["decoder"] * d.num_layers * 2 * ctx * d.num_heads * d.dim_per_head
+    n = v.num_patches
+    vis = images * n * f["vision"] * v.num_layers * 2 * n * v.hidden_size
+    return float(dec + vis)

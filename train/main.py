@@ -30,6 +30,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="compile the train step on the configured mesh against abstract shapes and print "
                         "per-device memory; allocates no model (fakes CPU devices if needed)")
     p.add_argument("--device-memory-gb", type=float, default=80.0, help="per-device memory for --compile-only's verdict")
+    p.add_argument("--topology", metavar="NAME",
+                   help="with --compile-only: compile for this TPU slice on any host with libtpu's compiler "
+                        "(v4-8, v5e-16, v5p-8, v5p-128, v6e-256, ...; pip install 'vlm-jax[tpu]')")
+    p.add_argument("--json", action="store_true", help="with --compile-only: the plan as one JSON object, last line")
     p.add_argument("--coordinator-address", help="host:port of process 0 (multi-host without auto-detection)")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
@@ -63,6 +67,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                       ("process_id", "process_id")):
         if getattr(args, flag) is not None:
             overrides.append(f"distributed.{key}={getattr(args, flag)}")
+    if (args.topology or args.json) and not args.compile_only:
+        return _fail("--topology and --json go with --compile-only")
     try:
         raw = load_yaml(args.config)
         if stages_lib.is_recipe(raw):
@@ -71,6 +77,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             cfg = run_config.load_config(args.config, overrides)
             config_check.check(cfg, need_files=not args.compile_only)
             stages = [stages_lib.Stage("", cfg, False)]
+        if args.compile_only and args.topology:
+            from train import compile_only
+
+            return compile_only.run_on_topology(stages, args.topology, as_json=args.json)
         if args.compile_only:
             _force_cpu_devices(max(run_config.fixed_mesh_devices(s.cfg) for s in stages))
         import jax
@@ -86,12 +96,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _fail(str(e))
 
     if args.compile_only:
-        from train.compile_only import plan
+        from train import compile_only
 
+        reports = []
         for s in stages:
             if s.name:
                 print(f"== stage {s.name}")
-            plan(s.cfg, device_memory_gb=args.device_memory_gb)
+            reports.append(compile_only.plan(s.cfg, device_memory_gb=args.device_memory_gb))
+        if args.json:
+            print(compile_only.json_line(stages, reports))
         return 0
 
     from train.loop import NonFiniteLoss, run

@@ -48,11 +48,13 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)  # type: ignore[return-value]
 
 
-def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[Any]] = None) -> Mesh:
+def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[Any]] = None, topology_order: bool = False) -> Mesh:
+    """`topology_order`: `devices` are a whole slice (e.g. a TPU topology's compile-only devices)."""
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(cfg, len(devices))
     arr = None
-    if len(devices) == jax.device_count() and devices[0].platform in ("tpu", "gpu"):
+    whole = topology_order or len(devices) == jax.device_count()
+    if whole and devices[0].platform in ("tpu", "gpu"):
         try:  # physical-topology-aware order (ICI rings) on accelerators
             from jax.experimental import mesh_utils
 
