@@ -18,7 +18,7 @@ REASONS = (
     "corrupt_image",  # identified but fails to decode
     "unsupported_image_mode",  # decoded, but no faithful 8-bit RGB (e.g. float values outside 0..255)
     "image_too_large",  # more pixels than data.image.max_pixels (default PIL's decompression-bomb limit)
-    "bad_text",  # text that is not Unicode (a lone surrogate such as "\\ud800", which JSON allows)
+    "bad_text",  # text that is not Unicode (a lone surrogate such as \ud800, which JSON allows)
     "too_long",  # longer than seq_len with too_long=drop
     "no_supervised_tokens",  # nothing to learn from (e.g. truncated away)
     "template_error",  # the chat template rejected the conversation
