@@ -7,7 +7,7 @@ from typing import Optional
 
 from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, Qwen2Config, SiglipVisionConfig
 
-from convert import preprocessor
+from convert import preprocessor as preprocessor_lib
 from vlm_jax.config import DecoderConfig, VisionConfig
 from vlm_jax.models.vit import num_layers_used
 
@@ -50,7 +50,7 @@ def text_config_from_dict(d: dict):
 
 def vision_from_folder(folder: str) -> VisionConfig:
     """The VisionConfig of an HF CLIP/SigLIP folder (LLaVA's select layer -2; callers set their own)."""
-    return vision_from_hf(vision_part(load_config(folder)), -2, "patch", preprocessor.read(folder))
+    return vision_from_hf(vision_part(load_config(folder)), -2, "patch", preprocessor_lib.read(folder))
 
 
 def vision_from_hf(vc, select_layer: int, select_feature: str, preprocessor: Optional[dict] = None) -> VisionConfig:
@@ -60,6 +60,7 @@ def vision_from_hf(vc, select_layer: int, select_feature: str, preprocessor: Opt
     if kind == "siglip" and select_feature == "cls_patch":
         select_feature = "patch"  # SigLIP has no class token: all tokens are patches
     mean, std = (CLIP_MEAN, CLIP_STD) if kind == "clip" else (SIGLIP_MEAN, SIGLIP_STD)
+    preprocessor_lib.from_config(preprocessor, vc.image_size)  # checks that it fits the tower
     if preprocessor:
         mean = tuple(float(x) for x in preprocessor.get("image_mean", mean))
         std = tuple(float(x) for x in preprocessor.get("image_std", std))

@@ -42,6 +42,7 @@ class Loaded:
     tokenizer: object
     aspect: str  # image preprocessing: pad (LLaVA) | crop (HF CLIP processor) | resize (SigLIP)
     name: str
+    resample: str = "bicubic"  # the image processor's resampling filter
 
 
 def load(checkpoint: Optional[str] = None, hf: Optional[str] = None, tokenizer: Optional[str] = None,
@@ -58,7 +59,7 @@ def load(checkpoint: Optional[str] = None, hf: Optional[str] = None, tokenizer: 
     if not tok_dir:
         raise FileNotFoundError(f"{checkpoint or hf} has no tokenizer/ folder; pass --tokenizer DIR")
     params = jax.tree.map(jnp.asarray, params)
-    return Loaded(params, cfg, load_tokenizer(tok_dir), pre.aspect, name)
+    return Loaded(params, cfg, load_tokenizer(tok_dir), pre.aspect, name, pre.resample)
 
 
 def default_template(tokenizer) -> str:
@@ -121,7 +122,8 @@ def load_image(m: Loaded, path: str) -> np.ndarray:
 def image_from_bytes(m: Loaded, data: bytes, name: str = "") -> np.ndarray:
     """Encoded image bytes -> uint8 [K, H, W, 3]; bad bytes raise SkipExample naming `name`."""
     v = m.cfg.vision
-    return img_lib.crops(img_lib.decode(data, name), m.aspect, v.image_size, v.image_mean, image_layout(m.cfg).tiling)
+    return img_lib.crops(img_lib.decode(data, name), m.aspect, v.image_size, v.image_mean, image_layout(m.cfg).tiling,
+                         m.resample)
 
 
 def prepare(m: Loaded, template: str, text: str, image_paths: Sequence[str]) -> tuple[np.ndarray, list]:

@@ -98,6 +98,15 @@ def hf_config(cfg: ModelConfig, extra_names: list[str]) -> LlavaConfig:
     )
 
 
+def processor_keys(cfg: ModelConfig) -> dict:
+    """processor_config.json of a LlavaProcessor (as transformers 4 writes it, the image processor apart)."""
+    v = cfg.vision
+    cls_patch = v.select_feature == "cls_patch" or v.kind == "siglip"
+    return {"image_token": "<image>", "num_additional_image_tokens": 1 if v.has_class_token else 0,
+            "patch_size": v.patch_size, "processor_class": "LlavaProcessor",
+            "vision_feature_select_strategy": "full" if cls_patch else "default"}
+
+
 @register("hf-llava")
 class HFLlava(CheckpointFormat):
     export_options = ("layout",)
@@ -115,7 +124,7 @@ class HFLlava(CheckpointFormat):
         layout, vision_model = detect_layout([i.key for i in TensorReader(src).infos()])
         to_canonical, _ = key_functions(layout, vision_model)
         meta = {"layout": layout, "vision_model": vision_model, "config": read_json(os.path.join(src, "config.json")),
-                "preprocessor": pre,
+                "preprocessor": pre, "processor": preprocessor.processor_keys(src),
                 "generation_config": read_json(os.path.join(src, "generation_config.json"))}
         return Reading(cfg, [engine.Source(src, to_canonical, True, "source")], meta, src)
 
@@ -133,9 +142,10 @@ class HFLlava(CheckpointFormat):
                 return own
             return own or name != "vision.embeddings.position_ids"  # an old CLIP buffer HF no longer has
 
-        pre = source.get("preprocessor")
+        pre = source.get("preprocessor") if own else None
+        processor = (source.get("processor") if own else None) or processor_keys(ckpt.cfg)
         return [Folder(from_canonical, config, keep_extra=keep, fillers=mapping.vision_fillers(ckpt.cfg),
-                       tokenizer=True, side_files={"preprocessor_config.json": pre,
+                       tokenizer=True, side_files={preprocessor.IMAGE_PROCESSOR: pre, preprocessor.PROCESSOR: processor,
                                                    "generation_config.json": source.get("generation_config")},
                        image_processor=None if pre else preprocessor.image_processor(ckpt.cfg.vision))]
 

@@ -16,6 +16,7 @@ from typing import Optional
 from convert import engine, folder_keys, hf_configs, preprocessor, projector_keys
 from convert.files import read_json
 from convert.formats.base import CheckpointFormat, Folder, Reading, register
+from convert.preprocessor import Preprocessing
 from convert.tensor_io import TensorReader
 from vlm_jax.config import ModelConfig, ProjectorConfig, VisionConfig
 from vlm_jax.tokenizer import IMAGE_MARKER
@@ -170,6 +171,13 @@ class Llava(CheckpointFormat):
 
     def peft_key(self, cfg: ModelConfig, layout: Optional[str] = None):
         return self.key_functions(True, cfg.projector.type)[1]
+
+    def preprocessing(self, meta: dict) -> Preprocessing:
+        """LLaVA's image_aspect_ratio: pad = expand2square, then the tower's processor; otherwise the processor."""
+        pre = preprocessor.from_config(meta.get("preprocessor") or {"image_processor_type": "CLIPImageProcessor"})
+        if (meta.get("config") or {}).get("image_aspect_ratio", "pad") == "pad":
+            return Preprocessing("pad", pre.resample)
+        return pre
 
     def peft_module_keys(self):
         return [key_functions(False, "mlp2x_gelu")[0]]

@@ -18,6 +18,7 @@ from typing import Optional
 from convert import engine, folder_keys, hf_configs, mapping, preprocessor, projector_keys
 from convert.files import read_json
 from convert.formats.base import CheckpointFormat, Folder, Reading, register
+from convert.preprocessor import Preprocessing
 from convert.tensor_io import TensorReader
 from vlm_jax.config import ModelConfig, ProjectorConfig
 from vlm_jax.tokenizer import IMAGE_MARKER
@@ -154,6 +155,13 @@ class Vila(CheckpointFormat):
                               side_files=side[part], tokenizer=part == "llm",
                               image_processor=preprocessor.image_processor(cfg.vision) if fresh_pre else None))
         return out
+
+    def preprocessing(self, meta: dict) -> Preprocessing:
+        """VILA's image_aspect_ratio: resize (to a square), pad (expand2square), else the tower's processor."""
+        pre = preprocessor.from_config(self._side_files(meta, True)["vision_tower"].get(preprocessor.IMAGE_PROCESSOR)
+                                       or {"image_processor_type": "SiglipImageProcessor"})
+        ratio = (meta.get("config") or {}).get("image_aspect_ratio", "resize")
+        return Preprocessing(ratio, pre.resample) if ratio in ("resize", "pad") else pre
 
     def peft_key(self, cfg: ModelConfig, layout: Optional[str] = None):
         return lambda name: "llm." + key if (key := folder_keys.lm_name(name)) else None  # VILA wraps its llm/
