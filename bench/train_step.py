@@ -61,8 +61,8 @@ def batch_arrays(cfg, n_img: int, batch: int, seq: int, seed: int = 0) -> dict:
 def time_ours(mcfg, batch: int, seq: int, steps: int) -> dict:
     import jax
 
-    from train import state as state_lib
-    from vlm_jax import sharding
+    from train.trainer import build_step
+    from vlm_jax import optim, sharding
     from vlm_jax.config import Config, MeshConfig
 
     cfg = Config(model=mcfg, mesh=MeshConfig(data=1))
@@ -70,13 +70,13 @@ def time_ours(mcfg, batch: int, seq: int, steps: int) -> dict:
     cfg.train.global_batch_size, cfg.train.trainable = batch, ["vision", "projector", "decoder"]
     cfg.train.optimizer.warmup_steps = 0
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-    setup = state_lib.build(cfg, mesh, 100)
-    state = setup.init_fn(0)
+    ts = build_step(cfg, mesh, 100)
+    state = ts.init(0)
     from vlm_jax.image_layout import image_layout
 
     b = sharding.global_batch(batch_arrays(mcfg, image_layout(mcfg).tokens_per_image, batch, seq), mesh, batch)
     t0 = time.time()
-    compiled = setup.train_step.lower(state, b).compile()
+    compiled = ts.train_step.lower(state, b).compile()
     compile_s = time.time() - t0
     ca = compiled.cost_analysis()
     ca = ca[0] if isinstance(ca, (list, tuple)) else ca
@@ -88,7 +88,7 @@ def time_ours(mcfg, batch: int, seq: int, steps: int) -> dict:
     jax.block_until_ready(m)
     dt = (time.time() - t0) / steps
     return {"step_s": dt, "compile_s": compile_s, "xla_flops": float(ca.get("flops", 0.0)),
-            "params": setup.num_params, "loss": float(m["loss"])}
+            "params": optim.count_params(ts.abstract_state["params"]), "loss": float(m["loss"])}
 
 
 def hf_model(mcfg):

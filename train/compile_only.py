@@ -18,9 +18,9 @@ import jax
 import numpy as np
 
 from train import flops as flops_lib
-from train import state as state_lib
 from train import topologies
-from vlm_jax import config_check, sharding
+from train.trainer import build_step
+from vlm_jax import config_check, optim, sharding
 from vlm_jax.config import Config
 from vlm_jax.models.attention import resolve_impl
 
@@ -60,9 +60,8 @@ def _largest_buffers(message: str, n: int = 5) -> str:
     return head + message.strip().splitlines()[0][:500]
 
 
-def _compile(setup):
-    batch = state_lib.abstract_batch(setup)
-    lowered = setup.train_step.lower(setup.abstract_state, batch)
+def _compile(ts):
+    lowered = ts.train_step.lower(ts.abstract_state, ts.abstract_batch)
     try:
         return lowered, lowered.compile()
     except Exception as e:  # noqa: BLE001 - XlaRuntimeError; anything else re-raised
@@ -83,33 +82,34 @@ def plan(cfg: Config, *, model=None, devices: Optional[list] = None, device_memo
     config_check.check_devices(cfg, len(devices), 1 if slice_ else jax.process_count())
     mesh = sharding.make_mesh(cfg.mesh, devices, topology_order=slice_ is not None)
     steps = cfg.train.num_steps if cfg.train.num_steps > 0 else 1000
-    setup = state_lib.build(cfg, mesh, steps, model=model)
+    ts = build_step(cfg, mesh, steps, model=model)
+    num_params, num_trainable = optim.param_counts(ts.abstract_state["params"], cfg.train.trainable)
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         attention = resolve_impl(cfg.model.attention)
-    shapes = state_lib.abstract_batch(setup)
+    shapes = ts.abstract_batch
     seq = shapes["tokens"].shape[1]
     images = shapes["images"].shape[0] * shapes["images"].shape[1] * shapes["images"].shape[2]
     tokens = shapes["tokens"].shape[0] * seq
     report = {
         "topology": topology, "devices": len(devices), "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape),
-        "attention": attention, "params_total": setup.num_params, "params_trainable": setup.num_trainable,
+        "attention": attention, "params_total": num_params, "params_trainable": num_trainable,
         "tokens_per_step": tokens, "hbm_capacity_gib": round(device_memory_gb, 2),
     }
-    out(f"compile-only: {setup.num_params / 1e9:.3f}B params ({setup.num_trainable / 1e9:.3f}B trainable), "
+    out(f"compile-only: {num_params / 1e9:.3f}B params ({num_trainable / 1e9:.3f}B trainable), "
         f"mesh {dict(mesh.shape)} on {len(devices)} x {devices[0].device_kind}"
         f"{f' ({topology})' if topology else ''}, global batch {cfg.train.global_batch_size} x {seq} tokens, "
         f"{cfg.train.grad_accum_steps} micro-batch(es), attention {attention}")
     t0 = time.time()
     try:
-        lowered, compiled = _compile(setup)
+        lowered, compiled = _compile(ts)
     except DoesNotFit as e:
         report.update(fits=False, compile_seconds=round(time.time() - t0, 1), error=str(e))
         out(f"  => does NOT fit in {device_memory_gb:g} GiB per device: {e}")
         return report
     seconds = time.time() - t0
     mem = compiled.memory_analysis()
-    params = per_device_bytes(setup.abstract_state["params"])
-    opt = per_device_bytes(setup.abstract_state["opt_state"])
+    params = per_device_bytes(ts.abstract_state["params"])
+    opt = per_device_bytes(ts.abstract_state["opt_state"])
     batch = per_device_bytes(shapes)
     args = int(getattr(mem, "argument_size_in_bytes", params + opt + batch))
     outs = int(getattr(mem, "output_size_in_bytes", 0))

@@ -6,14 +6,12 @@ rows of the global batch, with `get_state()` / `set_state()` (JSON-able) and `st
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from vlm_jax.config import NO_INDICATOR, Config
 from vlm_jax.image_layout import image_layout
-
-BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions", "images", "image_mask")
 
 
 def batch_shapes(cfg: Config, rows: int) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -60,7 +58,6 @@ class FakeBatches:
         for k in range(len(bounds) - 1):
             seg[bounds[k]:bounds[k + 1]] = k + 1
             pos[bounds[k]:bounds[k + 1]] = np.arange(bounds[k + 1] - bounds[k])
-        v = self.cfg.model.vision
         images = rng.integers(0, 256, size=self.shapes["images"][0][1:], dtype=np.uint8)
         image_mask = np.zeros(f.max_images, bool)
         tokens = ids[:-1].copy()
@@ -69,7 +66,6 @@ class FakeBatches:
             image_mask[0] = True
         targets = ids[1:].copy()
         loss_mask = (rng.random(seq) < 0.5) & (seg > 0) & (tokens != self.cfg.model.image_token_id)
-        del v
         row = dict(tokens=tokens, targets=targets, loss_mask=loss_mask, segment_ids=seg, positions=pos,
                    images=images, image_mask=image_mask)
         if self.cfg.model.aligngpt.enabled:  # an indicator after BOS of the first segment when it has the image
@@ -99,23 +95,14 @@ class FakeBatches:
     def stats(self) -> dict:
         return {"skipped_examples": 0}
 
-    def steps_per_epoch(self) -> Optional[int]:
-        return None
-
 
 def make_loader(cfg: Config, split: str, global_rows: int, row_start: int, row_stop: int, process_index: int,
                 process_count: int):
     """Loader for `split` ("train" | "eval") yielding rows [row_start, row_stop) of each global batch."""
     if cfg.train.fake_data.enabled:
         return FakeBatches(cfg, global_rows, row_start, row_stop, cfg.seed + (0 if split == "train" else 7919))
-    from vlm_jax.data import pipeline  # the Grain pipeline (data-pipeline issue)
+    from vlm_jax.data import pipeline  # imported here: fake-data runs (tests, planning) need no Grain
 
     return pipeline.make_loader(
         cfg, split=split, batch_size=row_stop - row_start, process_index=process_index, process_count=process_count
     )
-
-
-def has_eval_data(cfg: Config) -> bool:
-    if cfg.train.fake_data.enabled:
-        return True
-    return bool(cfg.data.eval_sources)

@@ -8,6 +8,7 @@ line on stderr, before anything is compiled).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Optional
@@ -55,12 +56,17 @@ def _force_cpu_devices(n: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
+def _fixed_mesh_devices(cfg) -> int:
+    """Devices the mesh needs when no axis is -1 (else 0)."""
+    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    return 0 if -1 in sizes else math.prod(sizes)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    from train import run_config
     from train import stages as stages_lib
     from vlm_jax import config_check
-    from vlm_jax.config import ConfigError, load_yaml
+    from vlm_jax.config import Config, ConfigError, load, load_yaml
 
     overrides = list(args.overrides)
     for flag, key in (("coordinator_address", "coordinator_address"), ("num_processes", "num_processes"),
@@ -74,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if stages_lib.is_recipe(raw):
             stages = stages_lib.load_recipe(args.config, raw, overrides, need_files=not args.compile_only)
         else:
-            cfg = run_config.load_config(args.config, overrides)
+            cfg = load(Config, args.config, overrides)
             config_check.check(cfg, need_files=not args.compile_only)
             stages = [stages_lib.Stage("", cfg, False)]
         if args.compile_only and args.topology:
@@ -82,7 +88,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             return compile_only.run_on_topology(stages, args.topology, as_json=args.json)
         if args.compile_only:
-            _force_cpu_devices(max(run_config.fixed_mesh_devices(s.cfg) for s in stages))
+            _force_cpu_devices(max(_fixed_mesh_devices(s.cfg) for s in stages))
         import jax
 
         from vlm_jax import sharding
@@ -107,7 +113,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(compile_only.json_line(stages, reports))
         return 0
 
-    from train.loop import NonFiniteLoss, run
+    from train.trainer import NonFiniteLoss, train
     from vlm_jax.data.errors import DataError
 
     for s in stages:
@@ -117,7 +123,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if s.name:
             print(f"== stage {s.name} -> {s.cfg.run_dir}", file=sys.stderr)
         try:
-            summary = run(s.cfg)
+            summary = train(s.cfg)
         except NonFiniteLoss as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

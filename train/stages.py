@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from train import run_config
 from vlm_jax import config_check
-from vlm_jax.config import Config, ConfigError
+from vlm_jax.config import Config, ConfigError, load
 from vlm_jax.config_io import parse_override
 
 RECIPE_KEYS = {"run_dir", "stages", "overrides", "base"}
@@ -79,7 +78,7 @@ def load_recipe(path: str, raw: dict, overrides: list[str], need_files: bool = T
             raise ConfigError(f"{where}.config: missing config path")
         names.add(name)
         ovr = common + _strings(s.get("overrides"), f"{where}.overrides") + list(overrides)
-        cfg = run_config.load_config(os.path.join(here, cfg_path), ovr)
+        cfg = load(Config, os.path.join(here, cfg_path), ovr)
         cfg.run_dir = os.path.join(root, name)
         follows = bool(stages) and not cfg.train.init_from
         if follows:

@@ -18,7 +18,7 @@ from typing import Any
 
 from train import flops as flops_lib
 from train import metrics
-from train import state as state_lib
+from train.trainer import build_step
 from vlm_jax.config import Config
 from vlm_jax.models.attention import FUSED_IMPLS
 from vlm_jax.models.vit import num_layers_used
@@ -37,8 +37,8 @@ def _variant(cfg: Config, decoder_layers: int, vision_layers: int) -> Config:
 
 
 def _cost(cfg: Config, mesh) -> dict[str, float]:
-    setup = state_lib.build(cfg, mesh, cfg.train.num_steps if cfg.train.num_steps > 0 else 1000)
-    compiled = setup.train_step.lower(setup.abstract_state, state_lib.abstract_batch(setup)).compile()
+    ts = build_step(cfg, mesh, cfg.train.num_steps if cfg.train.num_steps > 0 else 1000)
+    compiled = ts.train_step.lower(ts.abstract_state, ts.abstract_batch).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return {k: float(cost.get(k, 0.0)) for k in KEYS}

@@ -106,6 +106,11 @@ def make_optimizer(cfg: OptimizerConfig, trainable: list[str], total_steps: int)
     return tx, schedules
 
 
+def param_counts(params: Any, trainable: list[str]) -> tuple[int, int]:
+    """(all parameters, those in the trainable groups)."""
+    return count_params(params), count_params(params, trainable_mask(params, trainable))
+
+
 def count_params(params: Any, mask: Any = None) -> int:
     leaves = jax.tree.leaves(params)
     if mask is None:

@@ -9,9 +9,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from train import run_config
 from vlm_jax import config_check
-from vlm_jax.config import Config
+from vlm_jax.config import Config, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -129,7 +128,7 @@ def data_kind(cfg: Config) -> str:
 
 def tiny_config(stage: str, tmp: str, tokenizer: str, extra: tuple = ()) -> Config:
     """The stage's YAML with tiny dims and generated data (source count, weights and names kept)."""
-    cfg = run_config.load_config(config_path(stage), [*TINY, f"data.tokenizer={tokenizer}",
+    cfg = load(Config, config_path(stage), [*TINY, f"data.tokenizer={tokenizer}",
                                                       f"run_dir={os.path.join(tmp, 'run')}", *extra])
     if cfg.model.lora.rank:
         cfg.model.lora.rank, cfg.model.lora.alpha = 4, 8.0
@@ -151,11 +150,11 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}  # a third less compile ti
 
 def train_steps(cfg: Config) -> list[float]:
     """cfg.train.num_steps optimizer steps on one device through the trainer's own state, step and data
-    loader (train.loop.run adds checkpoints and metrics, tested in test_train_*); returns the losses."""
+    loader (train.trainer.train adds checkpoints and metrics, tested in tests/train); returns the losses."""
     import jax
 
     from train import data as data_lib
-    from train import state as state_lib
+    from train import trainer
     from vlm_jax import sharding
     from vlm_jax.config import to_dict
 
@@ -165,9 +164,9 @@ def train_steps(cfg: Config) -> list[float]:
     # a non-cryptographic PRNG: init compiles in half the time on CPU; the trainer's default is unchanged
     with jax.default_prng_impl("unsafe_rbg"):
         if key not in _COMPILED:
-            setup = state_lib.build(cfg, mesh, steps)
-            init = setup.init_fn.lower(cfg.seed).compile(compiler_options=_FAST_COMPILE)
-            step = setup.train_step.lower(init(cfg.seed), state_lib.abstract_batch(setup)).compile(
+            setup = trainer.build_step(cfg, mesh, steps)
+            init = setup.init.lower(cfg.seed).compile(compiler_options=_FAST_COMPILE)
+            step = setup.train_step.lower(init(cfg.seed), setup.abstract_batch).compile(
                 compiler_options=_FAST_COMPILE)  # the state's rng is an unsafe_rbg key here: lower on a real one
             _COMPILED[key] = init, step
         init, step = _COMPILED[key]

@@ -10,10 +10,9 @@ import pytest
 
 from tests.helpers.data import IMAGE_TOKEN, data_config, loader_kwargs, make_records, write_images, write_json
 from tests.helpers.params import random_params
-from train import run_config
-from train import state as state_lib
+from train import trainer
 from vlm_jax import sharding
-from vlm_jax.config import Config, DecoderConfig, MeshConfig, ModelConfig, VisionConfig
+from vlm_jax.config import Config, DecoderConfig, MeshConfig, ModelConfig, VisionConfig, load
 from vlm_jax.data.pipeline import DataLoader
 
 ROWS = 4
@@ -21,7 +20,7 @@ ROWS = 4
 
 def tiny(stage: str) -> Config:
     """The recipe stage config (trainable groups, data mode) with a tiny model and a fast LR."""
-    cfg = run_config.load_config(f"configs/aligngpt/aligngpt_7b_{stage}.yaml", [])
+    cfg = load(Config, f"configs/aligngpt/aligngpt_7b_{stage}.yaml", [])
     assert cfg.model.aligngpt.enabled
     cfg.model = ModelConfig(  # 16 px / 8 px patches: 4 tokens per image, as tests/data_helpers
         vision=VisionConfig(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -50,7 +49,7 @@ def batch(cfg: Config, tmp_path) -> dict:
 
 def train(cfg: Config, b: dict, steps: int):
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-    setup = state_lib.build(cfg, mesh, cfg.train.num_steps)
+    setup = trainer.build_step(cfg, mesh, cfg.train.num_steps)
     params = random_params(setup.model, 0, 0.02)  # no compiled initialiser: saves a compile
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": setup.tx.init(params),
              "rng": jax.random.key_data(jax.random.key(1))}

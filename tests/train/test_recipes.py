@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import recipes as rh
 from train import data as data_lib
 from train import stages
-from vlm_jax.config import load_yaml
+from vlm_jax.config import Config, load, load_yaml
 from vlm_jax.image_layout import image_layout
 
 
@@ -56,17 +56,16 @@ def test_centurio_tiling_path_gives_a_global_view_and_2x2_tiles(tmp_path, tokeni
 
 
 def test_real_centurio_and_vila_structure():
-    from train.run_config import load_config
 
-    cen = load_config(rh.config_path("centurio/centurio_qwen_finetune"), [])
+    cen = load(Config, rh.config_path("centurio/centurio_qwen_finetune"), [])
     assert image_layout(cen.model).tokens_per_image == 729 and image_layout(cen.model).crops_per_image == 5
     assert cen.model.decoder.qkv_bias and cen.data.template == "chatml" and cen.train.trainable == ["lora", "projector"]
     assert len(cen.model.lora.target_modules) == 7 and cen.model.lora.rank == 256
-    vila = [load_config(rh.config_path(f"vila/vila_7b_{s}"), []) for s in ("align", "pretrain", "sft")]
+    vila = [load(Config, rh.config_path(f"vila/vila_7b_{s}"), []) for s in ("align", "pretrain", "sft")]
     assert [v.train.trainable for v in vila] == [["projector"], ["projector", "decoder"],
                                                  ["vision", "projector", "decoder"]]
     assert image_layout(vila[0].model).tokens_per_image == 144 and vila[1].data.interleaved_loss == "after_image"
-    palo = load_config(rh.config_path("palo/mobilepalo_1.7b_finetune"), [])
+    palo = load(Config, rh.config_path("palo/mobilepalo_1.7b_finetune"), [])
     assert image_layout(palo.model).tokens_per_image == 144 and palo.model.decoder.hidden_size == 2048
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.train_standin import StandInVLM, tiny_config
-from train import state as state_lib
+from train import trainer
 from vlm_jax import checkpoint as ck
 from vlm_jax import sharding
 from vlm_jax.config import MeshConfig
@@ -18,11 +18,11 @@ from vlm_jax.config import MeshConfig
 def setup():
     cfg = tiny_config()
     cfg.mesh = MeshConfig(data=2, fsdp=2, tensor=2)
-    return state_lib.build(cfg, sharding.make_mesh(cfg.mesh), 10, model=StandInVLM(cfg.model))
+    return trainer.build_step(cfg, sharding.make_mesh(cfg.mesh), 10, model=StandInVLM(cfg.model))
 
 
 def _state_at(setup, step):
-    s = setup.init_fn(0)
+    s = setup.init(0)
     return {**s, "step": jnp.asarray(step, jnp.int32),
             "params": jax.tree.map(lambda x: x + step, s["params"])}
 
@@ -42,7 +42,7 @@ def test_restore_latest_is_exact_and_sharded(setup, tmp_path):
     _save_steps(setup, str(tmp_path), [2, 4])
     state, data = ck.TrainCheckpointer(str(tmp_path)).restore_latest(setup.abstract_state)
     assert data == {"index": 4} and int(state["step"]) == 4
-    assert _same(state["params"], _state_at(setup, 4)["params"]) and _same(state["opt_state"], setup.init_fn(0)["opt_state"])
+    assert _same(state["params"], _state_at(setup, 4)["params"]) and _same(state["opt_state"], setup.init(0)["opt_state"])
     leaf = state["params"]["decoder"]["lm_head"]
     assert leaf.sharding == setup.state_shardings["params"]["decoder"]["lm_head"]
 
@@ -77,10 +77,10 @@ def test_model_checkpoint_folder_roundtrip(setup, tmp_path):
     tok = tmp_path / "tok"
     tok.mkdir()
     (tok / "tokenizer_config.json").write_text("{}")
-    d = ck.save_model_checkpoint(str(tmp_path / "ckpt"), params, setup.cfg.model, tokenizer_dir=str(tok))
+    d = ck.save_model_checkpoint(str(tmp_path / "ckpt"), params, setup.model.cfg, tokenizer_dir=str(tok))
     assert sorted(os.listdir(d)) == ["model_config.yaml", "params", "tokenizer", "vlm_jax_model.json"]
     host, mcfg = ck.load_model_checkpoint(d)
-    assert mcfg == setup.cfg.model and isinstance(jax.tree.leaves(host)[0], np.ndarray) and _same(host, params)
+    assert mcfg == setup.model.cfg and isinstance(jax.tree.leaves(host)[0], np.ndarray) and _same(host, params)
     sharded, _ = ck.load_params(d, setup.abstract_state["params"])
     assert _same(sharded, params)
     assert sharded["projector"]["kernel"].sharding == setup.state_shardings["params"]["projector"]["kernel"]
@@ -93,6 +93,6 @@ def test_load_params_from_a_run_dir_and_init_from_keeps_new_params(setup, tmp_pa
     params, _ = ck.load_params(str(run), setup.abstract_state["params"])  # no final/: newest checkpoint
     assert _same(params, _state_at(setup, 3)["params"])
     partial = {k: v for k, v in params.items() if k != "vision_tower"}
-    state, kept = state_lib.replace_params(setup.init_fn(0), partial)
+    state, kept = trainer.replace_params(setup.init(0), partial)
     assert kept and all(k.startswith("vision_tower") for k in kept)
     assert _same(state["params"]["decoder"], params["decoder"])

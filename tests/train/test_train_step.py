@@ -8,7 +8,7 @@ from flax import traverse_util
 
 from tests.helpers.train_standin import StandInVLM, tiny_config
 from train import data as data_lib
-from train import state as state_lib
+from train import trainer
 from vlm_jax import sharding
 from vlm_jax.config import Config, MeshConfig
 
@@ -23,8 +23,8 @@ def make_model(kind, cfg):
 def run_steps(cfg: Config, mesh_cfg: MeshConfig, devices, n: int, state=None, model=None):
     cfg.mesh = mesh_cfg
     mesh = sharding.make_mesh(mesh_cfg, devices)
-    setup = state_lib.build(cfg, mesh, cfg.train.num_steps, model=model)
-    state = setup.init_fn(cfg.seed) if state is None else state
+    setup = trainer.build_step(cfg, mesh, cfg.train.num_steps, model=model)
+    state = setup.init(cfg.seed) if state is None else state
     gb = cfg.train.global_batch_size
     loader = data_lib.make_loader(cfg, "train", gb, 0, gb, 0, 1)
     out = []
@@ -41,7 +41,7 @@ def test_one_device_vs_eight_device_mesh_losses_match():
     specs = {s.spec for s in jax.tree.leaves(setup.state_shardings["params"])}
     assert any("tensor" in str(s) for s in specs) and any("fsdp" in str(s) for s in specs)
     # the model's logical constraints on activations are live: rows over data+fsdp, heads/mlp over tensor
-    hlo = setup.train_step.lower(state8, state_lib.abstract_batch(setup)).as_text()
+    hlo = setup.train_step.lower(state8, setup.abstract_batch).as_text()
     constraints = [line for line in hlo.splitlines() if "sharding_constraint" in line]
     assert any('{"tensor"}' in c for c in constraints) and all('{"data", "fsdp"}' in c for c in constraints), constraints[:3]
     l1, l8 = np.array([m["loss"] for m in m1]), np.array([m["loss"] for m in m8])
@@ -65,7 +65,7 @@ def test_frozen_groups_bitwise_unchanged_and_stateless(kind):
     cfg = tiny_config(trainable=["projector"])
     model = make_model(kind, cfg)
     state, _, setup = run_steps(cfg, MeshConfig(data=2, fsdp=1, tensor=1), jax.devices()[:2], 3, model=model)
-    before = jax.device_get(setup.init_fn(cfg.seed)["params"])
+    before = jax.device_get(setup.init(cfg.seed)["params"])
     after = jax.device_get(state["params"])
     for part in ("vision_tower", "decoder"):
         for a, b in zip(jax.tree.leaves(after[part]), jax.tree.leaves(before[part])):
@@ -87,7 +87,7 @@ def test_non_finite_loss_keeps_last_good_state(policy):
     flat[key] = flat[key].at[(0,) * flat[key].ndim].set(jnp.nan)
     bad = {**state, "params": traverse_util.unflatten_dict(flat, sep="/")}
     gb = cfg.train.global_batch_size
-    batch = sharding.global_batch(next(data_lib.make_loader(cfg, "train", gb, 0, gb, 0, 1)), setup.mesh, gb)
+    batch = sharding.global_batch(next(data_lib.make_loader(cfg, "train", gb, 0, gb, 0, 1)), setup.abstract_batch["tokens"].sharding.mesh, gb)
     new, m = setup.train_step(bad, batch)
     assert not bool(m["finite"])
     assert int(new["step"]) == (good["step"] + 1 if policy == "skip" else good["step"])
@@ -103,7 +103,7 @@ def test_lora_stage_trains_only_adapters_and_projector():
     cfg = tiny_config(trainable=["lora", "projector"])
     cfg.model.lora.rank, cfg.model.lora.alpha, cfg.model.lora.dropout = 4, 8.0, 0.1
     state, m, setup = run_steps(cfg, MeshConfig(data=2, fsdp=1, tensor=1), jax.devices()[:2], 2)
-    before = traverse_util.flatten_dict(jax.device_get(setup.init_fn(cfg.seed)["params"]), sep="/")
+    before = traverse_util.flatten_dict(jax.device_get(setup.init(cfg.seed)["params"]), sep="/")
     after = traverse_util.flatten_dict(jax.device_get(state["params"]), sep="/")
     lora = [k for k in after if "lora_" in k]
     assert lora and any(not np.array_equal(after[k], before[k]) for k in lora if "lora_b" in k)

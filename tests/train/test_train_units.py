@@ -114,9 +114,9 @@ def test_llava15_recipe_configs_load_and_validate():
     import glob
     import os
 
-    from train import run_config, stages
+    from train import stages
     from vlm_jax import config_check
-    from vlm_jax.config import load_yaml
+    from vlm_jax.config import Config, load, load_yaml
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "llava15")
     for path in sorted(glob.glob(os.path.join(root, "*.yaml"))):
@@ -126,7 +126,7 @@ def test_llava15_recipe_configs_load_and_validate():
             assert [s.name for s in loaded] == ["pretrain", "finetune"]
             assert loaded[1].cfg.train.init_from == loaded[0].cfg.run_dir
             continue
-        cfg = run_config.load_config(path, [])
+        cfg = load(Config, path, [])
         config_check.check(cfg, need_files=False)
         if os.path.basename(path).startswith("base"):
             continue

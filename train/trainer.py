@@ -1,0 +1,530 @@
+"""One training stage, read top to bottom: `train(cfg)` in sections (devices and mesh, input, model
+and the update step, init or load, evals, the loop, the end), the update step it jits below it.
+
+The state is a dict {step, params, opt_state, rng}. Only trainable leaves are differentiated (frozen
+ones get neither weight gradients nor optimizer state and are passed through bitwise unchanged).
+Gradient accumulation runs inside the step as a `lax.scan` over micro-batches; the loss is the mean
+over the supervised tokens of the whole global batch, however it is split. A run directory holds
+config.yaml, metrics.jsonl, checkpoints/<step>/ (state + data-iterator state + config), TensorBoard
+events and, at the end, final/ (a model checkpoint folder).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from train import data as data_lib
+from train import flops as flops_lib
+from train import metrics as metrics_lib
+from vlm_jax import checkpoint as ckpt_lib
+from vlm_jax import config_check, losses, optim, sharding
+from vlm_jax.config import Config, dump_yaml, to_dict
+from vlm_jax.models.vlm import VLM
+from vlm_jax.sharding import BATCH_AXES
+
+MODEL_KEYS = ("tokens", "segment_ids", "positions", "images", "image_mask")
+OPTIONAL_MODEL_KEYS = ("align_level",)  # AlignGPT
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def train(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
+    """Train one stage; returns a summary dict. Raises NonFiniteLoss for nan_policy=stop."""
+    # ------------------------------------------------------------------ devices and mesh
+    devices = list(jax.devices() if devices is None else devices)
+    config_check.check_devices(cfg, len(devices), jax.process_count())
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    gb = cfg.train.global_batch_size
+    rows = sharding.process_rows(sharding.batch_sharding(mesh, 1), gb)  # this process's rows of every batch
+    pidx, pcount = jax.process_index(), jax.process_count()
+    primary = pidx == 0
+
+    # ------------------------------------------------------------------ input
+    loader = data_lib.make_loader(cfg, "train", gb, rows[0], rows[1], pidx, pcount)
+    steps = total_steps(cfg, loader, log=lambda m: print(m, file=sys.stderr) if primary else None)
+
+    # ------------------------------------------------------------------ model, optimizer and the update step
+    ts = build_step(cfg, mesh, steps, model=model)
+    cfg_dict = to_dict(cfg)
+    if primary:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        dump_yaml(cfg, os.path.join(cfg.run_dir, "config.yaml"))
+
+    # ------------------------------------------------------------------ init or load
+    ckpt = ckpt_lib.TrainCheckpointer(os.path.join(cfg.run_dir, "checkpoints"), cfg.train.checkpoint.keep,
+                                      cfg.train.checkpoint.async_save)
+    restored = ckpt.restore_latest(ts.abstract_state)
+    if restored is not None:  # resume: the state and the data order where the checkpoint left them
+        state, data_state = restored
+        loader.set_state(data_state)
+        start = int(jax.device_get(state["step"]))
+    else:
+        state, start = None, 0
+    logger = metrics_lib.MetricsLogger(cfg.run_dir, start, steps, cfg.train.logging, primary, cfg_dict)
+    log = logger.message
+    if restored is not None:
+        log(f"resumed from {ckpt.directory}/{start}")
+    else:
+        state = ts.init(cfg.seed)
+        if cfg.train.init_from:  # an earlier stage or a converted checkpoint; new leaves (LoRA) keep their init
+            params, _ = ckpt_lib.load_params(cfg.train.init_from, ts.abstract_state["params"])
+            state, kept = replace_params(state, params)
+            log(f"initialised from {cfg.train.init_from}" + (f" ({len(kept)} new params kept from init)" if kept else ""))
+    num_params, num_trainable = optim.param_counts(ts.abstract_state["params"], cfg.train.trainable)
+    log(f"params: {num_params:,} total, {num_trainable:,} trainable ({', '.join(cfg.train.trainable)}); "
+        f"mesh {dict(mesh.shape)}; {steps} steps of {gb} rows")
+
+    t0 = time.time()
+    compiled = ts.train_step.lower(state, ts.abstract_batch).compile()
+    peak = metrics_lib.peak_flops(devices[0].device_kind, cfg.train.logging.peak_flops_per_device)
+    log(f"compiled the train step in {time.time() - t0:.1f}s")
+
+    # ------------------------------------------------------------------ evals
+    has_eval_data = cfg.train.fake_data.enabled or bool(cfg.data.eval_sources)
+
+    def evaluate(params) -> dict:
+        """Loss and token accuracy over the first num_batches held-out batches (the same every time)."""
+        eval_loader = data_lib.make_loader(cfg, "eval", gb, rows[0], rows[1], pidx, pcount)
+        total = losses.LossSums.zeros()
+        for _ in range(cfg.train.eval.num_batches):
+            local = next(eval_loader, None)
+            if local is None:
+                break
+            total = total + ts.eval_step(params, sharding.global_batch(local, mesh, gb))
+        total = jax.device_get(total)
+        count = max(float(total.count), 1.0)
+        return {"eval_loss": float(total.nll) / count, "eval_token_accuracy": float(total.correct) / count,
+                "eval_tokens": float(total.count)}
+
+    # ------------------------------------------------------------------ the loop
+    do_eval = cfg.train.eval.every_steps > 0 and has_eval_data
+    preempt = _Preemption()
+    step = start
+    summary: dict[str, Any] = {"start_step": start}
+    last = time.time()
+    try:
+        # The next batch is read while the device runs the current step (dispatch is asynchronous),
+        # so `data_state` / `next_data_state` are the loader states before / after the running batch.
+        next_data_state = loader.get_state()
+        local = next(loader, None)
+        while step < steps:
+            data_state = next_data_state
+            if local is None:
+                log(f"training data exhausted after {step} steps")
+                break
+            batch = sharding.global_batch(local, mesh, gb)
+            state, m = compiled(state, batch)
+            skipped = int(loader.stats().get("skipped_examples", 0))  # through this batch, before the next read
+            next_data_state = loader.get_state()
+            local = next(loader, None) if step + 1 < steps else None
+            m = jax.device_get(m)
+            now = time.time()
+            dt, last = now - last, now
+            if not bool(m["finite"]):
+                if cfg.train.nan_policy == "stop":
+                    ckpt.save(state, data_state, cfg_dict)
+                    ckpt.wait()
+                    raise NonFiniteLoss(
+                        f"non-finite loss or gradient at step {step + 1}; stopped with the last good state saved "
+                        f"as checkpoint {ckpt.directory}/{int(jax.device_get(state['step']))} "
+                        "(lower the learning rate or set train.nan_policy=skip)"
+                    )
+                log(f"step {step + 1}: non-finite loss or gradient, update skipped")
+            step += 1
+            rec = _record(cfg, ts.schedules, step, m, dt, skipped, peak, len(devices), ts.abstract_batch)
+            if do_eval and step % cfg.train.eval.every_steps == 0 and step < steps:
+                rec.update(evaluate(state["params"]))
+            if step % cfg.train.logging.every_steps == 0 or step == steps or "eval_loss" in rec:
+                logger.log(rec)
+            logger.progress(step, rec["loss"], rec["learning_rate"], rec["tokens_per_second"])
+            if step % cfg.train.checkpoint.every_steps == 0 or preempt.requested:
+                ckpt.save(state, next_data_state, cfg_dict)
+            if preempt.requested:
+                ckpt.wait()
+                log(f"SIGTERM: saved checkpoint {step}, exiting")
+                summary.update(preempted=True, step=step)
+                return summary
+            last = time.time()  # throughput counts data + step, not eval/checkpoint pauses
+
+        # -------------------------------------------------------------- the end: checkpoint, eval, final/
+        ckpt.save(state, next_data_state, cfg_dict)
+        if cfg.train.eval.at_end and has_eval_data and step > start:
+            rec = {"step": step, **evaluate(state["params"])}
+            logger.log(rec)
+            summary.update(rec)
+        ckpt.wait()
+        final = os.path.join(cfg.run_dir, "final")
+        if cfg.train.checkpoint.export_final and not ckpt_lib.is_model_checkpoint(final):
+            tok = cfg.data.tokenizer if cfg.data.tokenizer and os.path.isdir(cfg.data.tokenizer) else None
+            ckpt_lib.save_model_checkpoint(final, state["params"], cfg.model, tokenizer_dir=tok,
+                                           metadata={"step": step, "run_dir": os.path.abspath(cfg.run_dir)})
+        summary.update(step=step, preempted=False)
+        return summary
+    finally:
+        preempt.restore()
+        ckpt.close()
+        logger.close()
+
+
+def total_steps(cfg: Config, loader, log=print) -> int:
+    """train.num_steps, or num_epochs over the data: records / (global batch * examples per row),
+    with examples per packed row measured on a few batches (the loader is rewound after)."""
+    if cfg.train.num_steps > 0:
+        return cfg.train.num_steps
+    from jax.experimental import multihost_utils
+
+    from vlm_jax.data import pipeline
+
+    n = len(pipeline.record_dataset(cfg.data.sources, shuffle=False, seed=0, num_epochs=1,
+                                    process_index=0, process_count=1))
+    state = loader.get_state()
+    per_row = []
+    for _ in range(4):
+        try:
+            seg = next(loader)["segment_ids"]
+        except StopIteration:
+            break
+        per_row += [int(r.max()) for r in seg if r.max() > 0]
+    loader.set_state(state)
+    ratio = float(np.mean(per_row)) if per_row else 1.0
+    ratio = float(multihost_utils.broadcast_one_to_all(np.float32(ratio)))  # every host the same plan
+    steps = max(1, math.ceil(n * cfg.train.num_epochs / (cfg.train.global_batch_size * ratio)))
+    log(f"{n} records x {cfg.train.num_epochs:g} epochs at ~{ratio:.2f} examples per row -> {steps} steps")
+    return steps
+
+
+class _Preemption:
+    """SIGTERM sets `requested`; the loop saves a checkpoint after the running step and exits 0."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def _global_count(local: int) -> int:
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return int(np.asarray(multihost_utils.process_allgather(np.int64(local))).sum())
+
+
+def _record(cfg: Config, schedules: dict, step: int, m: dict, dt: float, skipped: int, peak, n_devices: int,
+            abstract_batch: dict) -> dict:
+    """One metrics.jsonl line: the step's metrics, the learning rate(s), throughput, FLOPs and MFU."""
+    lrs = {f"lr/{g}": float(s(step - 1)) for g, s in schedules.items()}
+    base = lrs.get("lr/decoder", lrs.get("lr/lora", next(iter(lrs.values()))))
+    rec = {
+        "step": step,
+        "loss": float(m["loss"]),
+        "learning_rate": base,
+        "tokens_per_second": float(m["tokens"]) / max(dt, 1e-9),
+        "supervised_tokens_per_second": float(m["supervised_tokens"]) / max(dt, 1e-9),
+        "skipped_examples": _global_count(skipped),
+        "grad_norm": float(m["grad_norm"]),
+        "token_accuracy": float(m["token_accuracy"]),
+        "step_time": dt,
+        **(lrs if len(lrs) > 1 else {}),
+    }
+    if cfg.train.z_loss:
+        rec["z_loss"] = float(m["z_loss"])
+    if not bool(m["finite"]):
+        rec["skipped_step"] = True
+    seq = abstract_batch["tokens"].shape[1]
+    flops = flops_lib.step_flops(cfg.model, cfg.train.trainable, float(m["tokens"]), float(m["images"]), seq)
+    rec["tflops_per_device_per_second"] = flops / n_devices / max(dt, 1e-9) / 1e12
+    if peak:
+        rec["mfu"] = flops / n_devices / max(dt, 1e-9) / peak
+    return rec
+
+
+def replace_params(state: dict, params: Any) -> tuple[dict, list[str]]:
+    """Overwrite state params with `params` leaves present in both trees (same shape); returns
+    the paths kept from initialisation (e.g. new LoRA adapters)."""
+    cur = traverse_util.flatten_dict(state["params"], sep="/")
+    new = traverse_util.flatten_dict(params, sep="/")
+    kept = []
+    out = {}
+    for k, v in cur.items():
+        if k in new:
+            if tuple(new[k].shape) != tuple(v.shape):
+                raise ValueError(f"init_from: {k} has shape {tuple(new[k].shape)}, the model expects {tuple(v.shape)}")
+            out[k] = jax.device_put(new[k], v.sharding).astype(v.dtype)
+        else:
+            kept.append(k)
+            out[k] = v
+    extra = sorted(set(new) - set(cur))
+    if extra:
+        raise ValueError(f"init_from: checkpoint has {len(extra)} params the model lacks, e.g. {extra[0]}")
+    return {**state, "params": traverse_util.unflatten_dict(out, sep="/")}, kept
+
+
+# ============================================================================ the update step
+
+
+@dataclass
+class TrainStep:
+    """The model, its optimizer, the sharded state shapes and the jitted steps over them (compile-only
+    planning and benchmarks build the same)."""
+
+    model: Any
+    tx: optax.GradientTransformation
+    schedules: dict  # trainable group -> LR schedule
+    abstract_state: dict  # ShapeDtypeStructs carrying shardings
+    state_shardings: dict
+    abstract_batch: dict  # ShapeDtypeStructs of the global batch, with the batch sharding
+    train_step: Callable  # (state, batch) -> (state, metrics); donates the state
+    eval_step: Callable  # (params, batch) -> LossSums
+    init: Callable  # seed -> sharded state
+
+
+def _boxed_init(model, rng):
+    """Params still wrapped in their nn.Partitioned logical-axis boxes."""
+    return model.init_boxed(rng) if hasattr(model, "init_boxed") else model.init_params(rng)
+
+
+def build_step(cfg: Config, mesh, total_steps: int, model=None) -> TrainStep:
+    model = model if model is not None else VLM(cfg.model)
+    rules = sharding.logical_rules(cfg.mesh)
+    boxed = jax.eval_shape(lambda r: _boxed_init(model, r), jax.random.key(0))
+    abstract_params, param_sh = sharding.param_shardings(boxed, mesh, rules)
+    tx, schedules = optim.make_optimizer(cfg.train.optimizer, cfg.train.trainable, total_steps)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sh = sharding.opt_state_shardings(abstract_opt, abstract_params, param_sh, mesh)
+    rep = NamedSharding(mesh, P())
+    state_sh = {"step": rep, "params": param_sh, "opt_state": opt_sh, "rng": rep}
+    abstract = sharding.with_shardings({
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "params": abstract_params,
+        "opt_state": abstract_opt,
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+    }, state_sh)
+    shapes = data_lib.batch_shapes(cfg, cfg.train.global_batch_size)
+    batch_sh = {k: sharding.batch_sharding(mesh, len(s)) for k, (s, _) in shapes.items()}
+    abstract_batch = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sh[k]) for k, (s, d) in shapes.items()}
+
+    mask = traverse_util.flatten_dict(optim.trainable_mask(abstract_params, cfg.train.trainable), sep="/")
+    opts = StepOptions(
+        trainable_keys=frozenset(k for k, m in mask.items() if m),
+        grad_accum_steps=cfg.train.grad_accum_steps,
+        z_loss=cfg.train.z_loss,
+        loss_vocab_chunk=cfg.train.loss_vocab_chunk,
+        loss_tokens_per_row=cfg.train.loss_tokens_per_row,
+        nan_policy=cfg.train.nan_policy,
+        dropout=cfg.model.lora.rank > 0 and cfg.model.lora.dropout > 0,
+    )
+    train_step = jit_train_step(build_train_step(model, tx, opts, mesh), state_sh, batch_sh, mesh, rules)
+    eval_step = jit_eval_step(build_eval_step(model, cfg.train.loss_vocab_chunk, cfg.train.loss_tokens_per_row),
+                              param_sh, batch_sh, mesh, rules)
+
+    def init(rng):
+        params = nn.unbox(_boxed_init(model, rng))
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": tx.init(params),
+            "rng": jax.random.key_data(jax.random.fold_in(rng, 1)),
+        }
+
+    init_fn = jax.jit(lambda seed: init(jax.random.key(seed)), out_shardings=state_sh)
+    return TrainStep(model, tx, schedules, abstract, state_sh, abstract_batch, train_step, eval_step, init_fn)
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    trainable_keys: frozenset  # flattened "a/b/c" param paths that are trained
+    grad_accum_steps: int = 1
+    z_loss: float = 0.0
+    loss_vocab_chunk: int = 0
+    loss_tokens_per_row: int = 0
+    nan_policy: str = "stop"  # stop | skip
+    dropout: bool = False  # feed a "dropout" rng to the model (LoRA dropout)
+
+
+def _flat(tree: Any) -> dict:
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _unflat(flat: dict) -> Any:
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def lm_head_kernel(params: Any) -> jax.Array:
+    """[D, V] output projection (the transposed embedding when tied)."""
+    dec = params["decoder"]
+    if "lm_head" in dec:
+        head = dec["lm_head"]
+        return head["kernel"] if isinstance(head, dict) else head
+    return dec["embed_tokens"]["embedding"].T
+
+
+def make_loss_sums(model) -> Callable[..., losses.LossSums]:
+    """loss_sums(params, batch, vocab_chunk, rng, tokens_per_row) -> LossSums.
+
+    tokens_per_row > 0 applies the lm_head only at each row's supervised positions (SFT supervises a
+    few answer tokens per row, so most of the [B, L, V] logits are never used); a batch with a row
+    holding more supervised tokens than that takes the full path, so the result is the same either way.
+    """
+
+    def loss_sums(params, batch, vocab_chunk=0, rng=None, tokens_per_row=0):
+        inputs = {k: batch[k] for k in MODEL_KEYS}
+        inputs.update({k: batch[k] for k in OPTIONAL_MODEL_KEYS if k in batch})
+        kw = {"rngs": {"dropout": rng}} if rng is not None else {}
+        targets, mask = batch["targets"], batch["loss_mask"].astype(bool)
+        if not vocab_chunk and not tokens_per_row:
+            logits = model.apply({"params": params}, inputs, **kw)
+            return losses.cross_entropy_sums(logits, targets, mask)
+        hidden = model.apply({"params": params}, inputs, return_hidden=True, **kw)
+
+        kernel = lm_head_kernel(params)
+
+        def sums(h, t, m):
+            if vocab_chunk:
+                return losses.chunked_cross_entropy_sums(h, kernel, t, m, vocab_chunk)
+            logits = jnp.einsum("bld,dv->blv", h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
+            return losses.cross_entropy_sums(logits, t, m)
+
+        if not tokens_per_row:
+            return sums(hidden, targets, mask)
+        return jax.lax.cond(
+            mask.sum(-1).max() <= tokens_per_row,
+            lambda: sums(*losses.gather_supervised(hidden, targets, mask, tokens_per_row)),
+            lambda: sums(hidden, targets, mask),
+        )
+
+    return loss_sums
+
+
+def split_microbatches(batch: dict, n: int, mesh) -> dict:
+    """[B, ...] -> [n, B/n, ...] where micro-batch i takes rows i, i+n, ... so every device keeps
+    its own rows (no resharding) as long as n divides the per-device batch."""
+
+    def one(x):
+        x = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+        spec = P(None, BATCH_AXES, *([None] * (x.ndim - 2)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(one, batch)
+
+
+def build_train_step(model, tx, opts: StepOptions, mesh) -> Callable:
+    loss_sums = make_loss_sums(model)
+
+    def step(state, batch):
+        flat = _flat(state["params"])
+        train = {k: v for k, v in flat.items() if k in opts.trainable_keys}
+        frozen = {k: v for k, v in flat.items() if k not in opts.trainable_keys}
+        num_tokens = batch["loss_mask"].astype(jnp.float32).sum()
+        next_rng, step_rng = jax.random.split(jax.random.wrap_key_data(state["rng"]))
+
+        def grads_of(mb, i):
+            rng = jax.random.fold_in(step_rng, i) if opts.dropout else None
+
+            def f(tr):
+                sums = loss_sums(_unflat({**tr, **frozen}), mb, opts.loss_vocab_chunk, rng, opts.loss_tokens_per_row)
+                return losses.total_loss(sums, num_tokens, opts.z_loss), sums
+
+            (_, sums), g = jax.value_and_grad(f, has_aux=True)(train)
+            return g, sums
+
+        if opts.grad_accum_steps == 1:
+            grads, sums = grads_of(batch, 0)
+        else:
+            def body(carry, xs):
+                g, s = grads_of(*xs)
+                return (jax.tree.map(jnp.add, carry[0], g), carry[1] + s), None
+
+            init = (jax.tree.map(jnp.zeros_like, train), losses.LossSums.zeros())
+            micro = (split_microbatches(batch, opts.grad_accum_steps, mesh), jnp.arange(opts.grad_accum_steps))
+            (grads, sums), _ = jax.lax.scan(body, init, micro)
+
+        grad_norm = optax.global_norm(grads)
+        full_grads = _unflat({**grads, **{k: jnp.zeros_like(v) for k, v in frozen.items()}})
+        updates, new_opt = tx.update(full_grads, state["opt_state"], state["params"])
+        upd = _flat(updates)
+        new_train = {k: optax.apply_updates(v, upd[k]) for k, v in train.items()}
+
+        loss = losses.total_loss(sums, num_tokens, opts.z_loss)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_params = _unflat({**keep(new_train, train), **frozen})
+        advance = finite if opts.nan_policy == "stop" else jnp.bool_(True)
+        new_state = {
+            "step": state["step"] + advance.astype(state["step"].dtype),
+            "params": new_params,
+            "opt_state": keep(new_opt, state["opt_state"]),
+            "rng": jax.random.key_data(next_rng),
+        }
+        metrics = {
+            "loss": sums.nll / jnp.maximum(sums.count, 1.0),
+            "z_loss": sums.z / jnp.maximum(sums.count, 1.0),
+            "total_loss": loss,
+            "grad_norm": grad_norm,
+            "token_accuracy": sums.correct / jnp.maximum(sums.count, 1.0),
+            "supervised_tokens": sums.count,
+            "tokens": (batch["segment_ids"] > 0).sum().astype(jnp.float32),
+            "images": batch["image_mask"].sum().astype(jnp.float32) * batch["images"].shape[2],
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    return step
+
+
+def build_eval_step(model, loss_vocab_chunk: int = 0, loss_tokens_per_row: int = 0) -> Callable:
+    loss_sums = make_loss_sums(model)
+
+    def step(params, batch):
+        return loss_sums(params, batch, loss_vocab_chunk, None, loss_tokens_per_row)
+
+    return step
+
+
+def with_activation_rules(fn: Callable, mesh, rules) -> Callable:
+    """`fn` traced with `mesh` and the logical-axis `rules` in context, so that the model's
+    `nn.with_logical_constraint`s on activations (rows over data/fsdp, heads, mlp and vocab over
+    tensor, as the rules say) become sharding constraints; outside that context they are no-ops."""
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+
+    return traced
+
+
+def jit_train_step(step_fn, state_shardings, batch_shardings, mesh, rules):
+    rep = NamedSharding(mesh, P())
+    return jax.jit(
+        with_activation_rules(step_fn, mesh, rules),
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=(0,),
+    )
+
+
+def jit_eval_step(step_fn, param_shardings, batch_shardings, mesh, rules):
+    rep = NamedSharding(mesh, P())
+    return jax.jit(with_activation_rules(step_fn, mesh, rules), in_shardings=(param_shardings, batch_shardings),
+                   out_shardings=rep)
