@@ -4,7 +4,7 @@
 
 Generates the shape-world dataset and tokenizer (once), trains the two stages of
 configs/demo/recipe.yaml (align with `plain`, then SFT with `vicuna_v1`; both resume or are
-skipped when done), evaluates the held-out questions in all 10 languages with infer.eval, prints
+skipped when done), evaluates the held-out questions in all 10 languages with infer.evaluate, prints
 the per-language table, samples two answers and writes RUN_DIR/eval_summary.json and
 RUN_DIR/loss_curve.png. Every step reuses what an earlier run finished.
 """
@@ -71,7 +71,7 @@ def train(args) -> str:
 
 def evaluate(args, checkpoint: str) -> str:
     answers = os.path.join(args.run_dir, "eval")
-    run(["infer.eval", "--checkpoint", checkpoint, "--questions", os.path.join(args.data, "eval"),
+    run(["infer.evaluate", "--checkpoint", checkpoint, "--questions", os.path.join(args.data, "eval"),
          "--image-folder", os.path.join(args.data, "eval", "images"), "--answers", answers,
          "--template", "vicuna_v1", "--max-new-tokens", "16", "--batch-size", str(args.eval_batch_size),
          "--scorer", "none"])

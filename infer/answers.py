@@ -1,4 +1,4 @@
-"""infer.eval's answers file: one JSON object a line, appended one batch at a time.
+"""infer.evaluate's answers file: one JSON object a line, appended one batch at a time.
 
 A rerun continues it: `resume` reads what is there, keeps the answers, drops the failed questions'
 records (they are asked again) and a last line cut by a kill (no newline, not valid JSON: the

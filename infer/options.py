@@ -1,4 +1,4 @@
-"""The command-line options infer.sample and infer.eval share (where the model comes from, how the
+"""The command-line options infer.sample and infer.evaluate share (where the model comes from, how the
 prompt is built, how tokens are drawn), their checks, and the model loading they drive."""
 
 from __future__ import annotations

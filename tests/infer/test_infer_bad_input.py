@@ -1,4 +1,4 @@
-"""infer.eval / infer.sample on bad input: a bad question is answered around (error field, exit 1 with
+"""infer.evaluate / infer.sample on bad input: a bad question is answered around (error field, exit 1 with
 a count, a rerun retries it without crashing), a cut answers line is repaired, batches are not padded
 past the questions present, the model's context is enforced, bad usage is one line and exit 2."""
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from infer import eval as ev
+from infer import evaluate as ev
 from infer import runner, sample
 from tests.helpers.data import png_bytes
 from tests.helpers.infer_tiny import write_checkpoint, write_image

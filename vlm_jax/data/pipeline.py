@@ -22,21 +22,18 @@ import numpy as np
 
 from vlm_jax.config import AlignGPTConfig, ConfigError, DataConfig, DataSourceConfig
 from vlm_jax.data import examples as ex_lib
-from vlm_jax.data import interleaved
+from vlm_jax.data import interleaved, templates
 from vlm_jax.data.checks import check_data, check_sources
 from vlm_jax.data.errors import SkipExample, SourceError, describe
 from vlm_jax.data.packing import PackIterDataset, empty_stats
 from vlm_jax.data.sources import RawRecord, open_source
 from vlm_jax.image_layout import crops_for_tiling, image_layout
+from vlm_jax.tokenizer import load_tokenizer
 
 
 def default_encode(cfg: DataConfig, tokenizer=None) -> ex_lib.EncodeFn:
     """templates.encode with the configured template and tokenizer."""
-    from vlm_jax.data import templates  # noqa: PLC0415 (written in parallel; import late)
-
     if tokenizer is None:
-        from vlm_jax.tokenizer import load_tokenizer  # noqa: PLC0415
-
         if not cfg.tokenizer:
             raise SourceError("data.tokenizer is not set")
         tokenizer = load_tokenizer(cfg.tokenizer)

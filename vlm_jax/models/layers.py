@@ -11,10 +11,6 @@ from flax import linen as nn
 INIT_STD = 0.02  # HF initializer_range
 
 
-def dtype_of(name: str) -> jnp.dtype:
-    return jnp.dtype(name)
-
-
 def kernel_init(*axes: str | None) -> Callable:
     return nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), axes)
 

@@ -116,7 +116,3 @@ class VLM(nn.Module):
     def abstract_params(self) -> dict:
         """ShapeDtypeStructs of the params, no allocation."""
         return nn.unbox(jax.eval_shape(self.init_boxed, jax.random.key(0)))
-
-    def logical_specs(self) -> dict:
-        """PartitionSpecs of logical axis names, same tree as the params."""
-        return nn.get_partition_spec(jax.eval_shape(self.init_boxed, jax.random.key(0)))

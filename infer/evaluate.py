@@ -1,6 +1,6 @@
 """Answer a LLaVA `model_vqa` question file (or a multilingual folder of them) and score the answers.
 
-    python -m infer.eval --checkpoint CKPT --questions question.jsonl --image-folder DIR \\
+    python -m infer.evaluate --checkpoint CKPT --questions question.jsonl --image-folder DIR \\
         --answers answers.jsonl [--num-chunks N --chunk-idx I] [--batch-size B]
 
 Questions: one JSON object a line with `question_id`, `text`, optional `image` and `category`, and
@@ -36,7 +36,7 @@ GT_KEYS = ("answer", "answers", "label", "gt_answer")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m infer.eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m infer.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_model_options(p)
     p.add_argument("--questions", required=True, help="question.jsonl, or a folder of <language>/question.jsonl")

@@ -1,11 +1,11 @@
-"""infer.eval: LLaVA model_vqa round trip (resume, chunks, scores) and a PALO-style multilingual folder."""
+"""infer.evaluate: LLaVA model_vqa round trip (resume, chunks, scores) and a PALO-style multilingual folder."""
 
 import json
 import os
 
 import pytest
 
-from infer import eval as ev
+from infer import evaluate as ev
 from tests.helpers.infer_tiny import tiny, write_image, write_tokenizer
 from vlm_jax.checkpoint import save_model_checkpoint
 
