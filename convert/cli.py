@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="CKPT folder to write")
     imp.add_argument("--vision", help="llava, palo, aligngpt: HF CLIP/SigLIP folder for the vision tower (and its "
                                       "config) when the checkpoint has none")
+    imp.add_argument("--downsample-order", choices=("vila1.5", "nvila"),
+                     help="vila: VILA-1.5's or NVILA's DownSampleBlock (2x2 grid transposed) when the config does "
+                          "not tell (mm_projector_type mlp_downsample without the era's config keys)")
     imp.add_argument("--dtype", default="float32", help="param dtype in the CKPT (default float32; export restores "
                                                         "the source dtypes)")
     common(imp)
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> None:
 
     progress = not args.no_progress
     if args.command == "import":
-        options = {k: getattr(args, k) for k in ("vision", "base") if getattr(args, k) is not None}
+        options = {k: getattr(args, k) for k in ("vision", "base", "downsample_order") if getattr(args, k) is not None}
         api.import_checkpoint(args.format, args.src, args.out, dtype=args.dtype, progress=progress, **options)
     elif args.command == "export":
         options = {k: getattr(args, k) for k in ("layout", "weights", "vision_tower") if getattr(args, k) is not None}

@@ -56,6 +56,7 @@ class VisionConfig:
 class ProjectorConfig:
     type: str = "mlp2x_gelu"  # linear | mlpNx_gelu | identity | ldpnet | mlp_downsample | multiscale-pool
     multi_scale: int = 2  # multiscale-pool: s x s tiles + a global view per image
+    downsample_order: str = "vila1.5"  # mlp_downsample: vila1.5 | nvila (VILA's code since NVILA: 2x2 grid transposed)
 
 
 @dataclass

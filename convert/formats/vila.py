@@ -26,6 +26,23 @@ from vlm_jax.tokenizer import IMAGE_MARKER
 PARTS = ("llm", "vision_tower", "mm_projector")
 SIDE_FILES = {"llm": ("generation_config.json",), "vision_tower": ("preprocessor_config.json",), "mm_projector": ()}
 CONFIG_KEYS = ("config", "llm_config", "vision_config", "projector_config")  # conversion.json names of the 4 configs
+DOWNSAMPLE = {"mlp_downsample": None, "mlp_downsample_2x2_fix": "nvila"}  # mm_projector_type -> order (None: ask)
+NVILA_KEYS = ("dynamic_s2", "image_encoder", "video_encoder")  # LlavaConfig attributes since the NVILA release
+VILA15_KEYS = ("s2", "s2_scales")  # VILA-1.5's LlavaConfig attributes (kept since)
+
+
+def downsample_order(top: dict, projector: dict, given: Optional[str]) -> str:
+    """VILA's DownSampleBlock transposes the 2x2 grid since its NVILA release, under the same
+    mm_projector_type: the era of the config tells which, or `--downsample-order`."""
+    kind = projector.get("mm_projector_type")
+    told = DOWNSAMPLE.get(kind) or ("nvila" if any(k in top for k in NVILA_KEYS) else
+                                    "vila1.5" if any(k in top for k in VILA15_KEYS) else None)
+    if given and told and given != told:
+        raise engine.UsageError(f"--downsample-order {given}, but the config is {told}'s ({kind})")
+    if not (given or told):
+        raise engine.UsageError(f"mm_projector_type {kind!r}: the config does not tell VILA-1.5's DownSampleBlock "
+                                "from NVILA's (transposed 2x2 grid); pass --downsample-order vila1.5|nvila")
+    return given or told
 
 
 def _kept(part: str, key: str) -> str:
@@ -73,11 +90,16 @@ def _part_of(name: str) -> str:
     return {"lm": "llm", "lm_head": "llm", "vision": "vision_tower", "projector": "mm_projector"}[name.split(".")[0]]
 
 
-def model_config(top: dict, llm: dict, vision: dict, projector: dict, pre: Optional[dict]) -> ModelConfig:
+def model_config(top: dict, llm: dict, vision: dict, projector: dict, pre: Optional[dict],
+                 order: Optional[str] = None) -> ModelConfig:
     vc = hf_configs.vision_config_from_dict(vision)
     feature = "patch" if top.get("mm_vision_select_feature", "patch") == "patch" else "cls_patch"
     v = hf_configs.vision_from_hf(vc, int(top.get("mm_vision_select_layer", -2)), feature, pre)
-    return ModelConfig(vision=v, projector=ProjectorConfig(type=projector.get("mm_projector_type", "mlp_downsample")),
+    kind = projector.get("mm_projector_type", "mlp_downsample")
+    p = ProjectorConfig(type=kind)
+    if kind in DOWNSAMPLE:
+        p = ProjectorConfig(type="mlp_downsample", downsample_order=downsample_order(top, projector, order))
+    return ModelConfig(vision=v, projector=p,
                        decoder=hf_configs.decoder_from_hf(hf_configs.text_config_from_dict(llm)),
                        image_token_id=IMAGE_MARKER)
 
@@ -101,38 +123,41 @@ def fresh_configs(cfg: ModelConfig, extra_names: list[str]) -> tuple[dict, dict,
     vision["architectures"] = ["SiglipVisionModel" if cfg.vision.kind == "siglip" else "CLIPVisionModel"]
     llm = hf_configs.decoder_to_hf(cfg.decoder).to_dict()
     llm["architectures"] = ["Qwen2ForCausalLM" if cfg.decoder.qkv_bias else "LlamaForCausalLM"]
+    nvila = cfg.projector.type == "mlp_downsample" and cfg.projector.downsample_order == "nvila"
     projector = {"architectures": ["MultimodalProjector"], "model_type": "v2l_projector",
-                 "mm_projector_type": cfg.projector.type}
+                 "mm_projector_type": "mlp_downsample_2x2_fix" if nvila else cfg.projector.type}
     top = {"architectures": ["LlavaLlamaModel"], "model_type": "llava", "llm_cfg": llm, "vision_tower_cfg": vision,
            "mm_projector_cfg": projector, "hidden_size": cfg.decoder.hidden_size,
            "mm_hidden_size": cfg.vision.hidden_size, "mm_vision_select_layer": feature_layer,
            "mm_vision_select_feature": "cls_patch" if cfg.vision.select_feature == "cls_patch" else "patch",
            "image_aspect_ratio": "resize", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
-           "model_dtype": "torch.bfloat16"}
+           "model_dtype": "torch.bfloat16", "s2": False}  # s2: a VILA-1.5 key (NVILA's configs add dynamic_s2)
     return top, llm, vision, projector
 
 
 @register("vila")
 class Vila(CheckpointFormat):
+    import_options = ("downsample_order",)
 
     def recognizes(self, config: dict, folder: str) -> bool:
         return "llm_cfg" in config
 
-    def read(self, src: str) -> Reading:
+    def read(self, src: str, downsample_order: Optional[str] = None) -> Reading:
         top, llm, vision, projector = _configs(src)
         pre = preprocessor.read(os.path.join(src, "vision_tower"))
-        cfg = model_config(top, llm, vision, projector, pre)
+        cfg = model_config(top, llm, vision, projector, pre, downsample_order)
         keys = key_functions(cfg.projector.type)
         vision_model = any(i.key.startswith("vision_model.") for i in TensorReader(os.path.join(src, "vision_tower")).infos())
         sources = [engine.Source(os.path.join(src, p), keys[p][0], True, p) for p in PARTS]
         meta = {"vision_model": vision_model, **dict(zip(CONFIG_KEYS, (top, llm, vision, projector))),
+                "downsample_order": cfg.projector.downsample_order if cfg.projector.type == "mlp_downsample" else None,
                 "side_files": {p: {n: read_json(os.path.join(src, p, n)) for n in SIDE_FILES[p]} for p in PARTS},
                 "weights": {p: os.path.basename(TensorReader(os.path.join(src, p)).files[0]) for p in PARTS}}
         return Reading(cfg, sources, meta, os.path.join(src, "llm"))
 
     def source_model(self, source: dict, cfg: ModelConfig) -> ModelConfig:
         return model_config(*(source[k] for k in CONFIG_KEYS), self._side_files(source, True)["vision_tower"]
-                            .get("preprocessor_config.json"))
+                            .get("preprocessor_config.json"), source.get("downsample_order"))
 
     @staticmethod
     def _side_files(source: dict, own: bool) -> dict:

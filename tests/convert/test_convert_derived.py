@@ -18,10 +18,11 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
+from convert.cli import main
 from tests.helpers import derived as dh
 from tests.helpers.convert_models import IMAGE_TOKEN, assert_same_tensors, cli, prompt, tensors
 from tests.helpers.mobilevlm_ldp import LDPNetProjector
-from tests.helpers.torch_projectors import TorchDownsample
+from tests.helpers.vila_projector import MultimodalProjector
 from vlm_jax.checkpoint import load_model_checkpoint
 from vlm_jax.image_layout import image_layout
 from vlm_jax.models.vit import num_layers_used
@@ -95,15 +96,19 @@ def test_palo_mobilevlm_ldpnet(tmp_path):
     np.testing.assert_array_equal(a, c)
 
 
-def test_vila_mlp_downsample_folders(tmp_path):
-    hf = dh.tiny_llava(TorchDownsample(32, 64), vision="siglip")
+@pytest.mark.parametrize("era", ["vila1.5", "nvila"])
+def test_vila_mlp_downsample_folders(tmp_path, era, capsys):
+    """VILA's own MultimodalProjector (DownSampleBlock of VILA-1.5 or of NVILA, which transposes the 2x2
+    grid), told apart by the config keys of the code that saved it."""
+    hf = dh.tiny_llava(MultimodalProjector(32, 64, nvila=era == "nvila"), vision="siglip")
     src = str(tmp_path / "vila")
-    dh.save_vila(hf, src)
+    dh.save_vila(hf, src, {"s2": False} if era == "vila1.5" else {"s2": False, "dynamic_s2": False})
     cli("import", "--format", "vila", "--src", src, "--out", str(tmp_path / "ck"))
     imgs = pixels(1)
     toks = prompt(4, 1)  # 3x3 patches, padded to 4x4, 2x2 space-to-channel -> 4 tokens
     a, cfg = ours(str(tmp_path / "ck"), np.where(toks == IMAGE_TOKEN, -200, toks), imgs[:, None])
-    assert (cfg.projector.type, cfg.vision.kind, cfg.image_token_id) == ("mlp_downsample", "siglip", -200)
+    assert (cfg.projector.type, cfg.projector.downsample_order, cfg.vision.kind, cfg.image_token_id) == (
+        "mlp_downsample", era, "siglip", -200)
     b = dh.torch_logits(hf, toks, imgs, cfg.vision.image_mean, cfg.vision.image_std)
     assert np.abs(a - b).max() < 1e-4
     out = str(tmp_path / "out")
@@ -114,7 +119,23 @@ def test_vila_mlp_downsample_folders(tmp_path):
         same_json(os.path.join(src, part, "config.json"), os.path.join(out, part, "config.json"))
     assert os.path.exists(os.path.join(out, "llm", "tokenizer.json"))
     assert os.path.exists(os.path.join(out, "vision_tower", "preprocessor_config.json"))
-    assert "layers.4.weight" in tensors(os.path.join(out, "mm_projector"))
+    proj = MultimodalProjector(32, 64, nvila=era == "nvila")
+    proj.load_state_dict({k: torch.from_numpy(v) for k, v in tensors(os.path.join(out, "mm_projector")).items()},
+                         strict=True)
+
+    # a config without the keys of either era: exit 2 unless --downsample-order says which
+    bare = str(tmp_path / "bare")
+    shutil.copytree(src, bare)
+    with open(os.path.join(bare, "config.json")) as f:
+        top = {k: v for k, v in json.load(f).items() if k not in ("s2", "dynamic_s2")}
+    with open(os.path.join(bare, "config.json"), "w") as f:
+        json.dump(top, f)
+    capsys.readouterr()
+    assert main(["import", "--format", "vila", "--src", bare, "--out", str(tmp_path / "ck3"), "--no-progress"]) == 2
+    assert "--downsample-order" in capsys.readouterr().err
+    cli("import", "--format", "vila", "--src", bare, "--out", str(tmp_path / "ck3"), "--downsample-order", era)
+    np.testing.assert_array_equal(ours(str(tmp_path / "ck3"), np.where(toks == IMAGE_TOKEN, -200, toks),
+                                       imgs[:, None])[0], a)
 
 
 @pytest.mark.slow
@@ -122,7 +143,7 @@ def test_vila_mlp_downsample_folders(tmp_path):
 def test_fresh_configs_reimport_to_the_same_model(tmp_path, fmt):
     """A CKPT without the source configs (as training writes) exports configs that import back."""
     builders = {"palo": (mobilevlm_ldp(), "clip", "llama", dh.save_mobilevlm),
-                "vila": (TorchDownsample(32, 64), "siglip", "llama", dh.save_vila)}
+                "vila": (MultimodalProjector(32, 64, nvila=True), "siglip", "llama", dh.save_vila)}
     proj, vision, text, save = builders[fmt]
     hf = dh.tiny_llava(proj, vision=vision, text=text)
     save(hf, str(tmp_path / "src"))

@@ -92,7 +92,8 @@ def save_mobilevlm(hf, path: str) -> None:
     make_tokenizer(path)
 
 
-def save_vila(hf, path: str) -> None:
+def save_vila(hf, path: str, era_keys: dict | None = None) -> None:
+    """era_keys: top config keys of the VILA code that wrote it (default VILA-1.5's `s2`)."""
     p = parts(hf)
     c = hf.config
     llm_cls = Qwen2ForCausalLM if c.text_config.model_type == "qwen2" else LlamaForCausalLM
@@ -111,7 +112,8 @@ def save_vila(hf, path: str) -> None:
     top = {"architectures": ["LlavaLlamaModel"], "model_type": "llava", "llm_cfg": llm.config.to_dict(),
            "vision_tower_cfg": c.vision_config.to_dict(), "mm_projector_cfg": proj_cfg,
            "hidden_size": c.text_config.hidden_size, "mm_hidden_size": c.vision_config.hidden_size,
-           "mm_vision_select_layer": -2, "mm_vision_select_feature": "cls_patch", "image_aspect_ratio": "resize"}
+           "mm_vision_select_layer": -2, "mm_vision_select_feature": "cls_patch", "image_aspect_ratio": "resize",
+           **({"s2": False} if era_keys is None else era_keys)}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(top, f, indent=2)
 

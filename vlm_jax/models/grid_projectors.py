@@ -10,17 +10,25 @@ from vlm_jax.image_layout import grid_side
 from vlm_jax.models.layers import gelu_mlp, layer_norm
 
 
-def flat_square(x: jax.Array) -> jax.Array:
-    """VILA's DownSampleBlock.flat_square: zero-pad to even, 2x2 space-to-channel (its exact order)."""
+DOWNSAMPLE_ORDERS = ("vila1.5", "nvila")
+
+
+def flat_square(x: jax.Array, order: str = "vila1.5") -> jax.Array:
+    """VILA's DownSampleBlock.flat_square: zero-pad to even, 2x2 space-to-channel (its exact order). Since
+    VILA's NVILA release it permutes the 2x2 grid back (`order="nvila"`)."""
+    if order not in DOWNSAMPLE_ORDERS:
+        raise ValueError(f"downsample_order {order!r} (one of {', '.join(DOWNSAMPLE_ORDERS)})")
     n, a, b, c = x.shape
     x = jnp.pad(x, ((0, 0), (0, a % 2), (0, b % 2), (0, 0)))
     n, a, b, c = x.shape
     x = x.reshape(n, a, b // 2, 2 * c).transpose(0, 2, 1, 3)
-    return x.reshape(n, b // 2, a // 2, 4 * c)
+    x = x.reshape(n, b // 2, a // 2, 4 * c)
+    return x.transpose(0, 2, 1, 3) if order == "nvila" else x
 
 
 class DownsampleProjector(nn.Module):
     out_dim: int
+    order: str = "vila1.5"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -29,7 +37,7 @@ class DownsampleProjector(nn.Module):
         x = features[:, 0].astype(self.dtype)
         n, t, c = x.shape
         side = grid_side(t)
-        x = flat_square(x.reshape(n, side, side, c)).reshape(n, -1, 4 * c)
+        x = flat_square(x.reshape(n, side, side, c), self.order).reshape(n, -1, 4 * c)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = layer_norm(1e-5, name="norm", **kw)(x)
         return gelu_mlp(x, self.out_dim, **kw)

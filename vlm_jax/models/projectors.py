@@ -94,6 +94,7 @@ register("linear", _mlp(1))
 register("identity", _identity)
 register_pattern(MLP_GELU, lambda m: _mlp(int(m.group(1))))
 register("ldpnet", lambda cfg, dt, pdt, name: LDPProjector(cfg.decoder.hidden_size, dt, pdt, name=name))
-register("mlp_downsample", lambda cfg, dt, pdt, name: DownsampleProjector(cfg.decoder.hidden_size, dt, pdt, name=name))
+register("mlp_downsample", lambda cfg, dt, pdt, name: DownsampleProjector(
+    cfg.decoder.hidden_size, cfg.projector.downsample_order, dt, pdt, name=name))
 register("multiscale-pool", lambda cfg, dt, pdt, name: MultiscalePoolProjector(
     cfg.decoder.hidden_size, cfg.projector.multi_scale, dt, pdt, name=name))
