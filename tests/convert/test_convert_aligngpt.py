@@ -19,6 +19,7 @@ from tests.helpers.convert_models import (
     images,
     make_hf_llava,
     make_tokenizer,
+    original_state_dict,
     save_vision_folder,
     tensors,
 )
@@ -27,16 +28,9 @@ N = 4  # 28 / 14 = 2x2 patches per image
 
 
 def save_aligngpt(hf, path: str, ind: AlignIndicator, gate: GatedWeightLayer) -> None:
-    sd = {}
-    for k, v in hf.state_dict().items():
-        if k.startswith("model.language_model."):
-            k = "model." + k[len("model.language_model."):]
-        elif k.startswith("model.multi_modal_projector.linear_"):
-            idx, rest = k[len("model.multi_modal_projector.linear_"):].split(".", 1)
-            k = f"mm_projector.{2 * (int(idx) - 1)}.{rest}"
-        elif k.startswith("model.vision_tower."):
-            k = "vision_tower.vision_tower.vision_model." + k[len("model.vision_tower."):]
-        sd[k] = v.detach().clone().contiguous()
+    # the original LLaVA names, with the projector and the tower at the top level (beside model.* and lm_head)
+    top = ("model.mm_projector.", "model.vision_tower.")
+    sd = {k[len("model."):] if k.startswith(top) else k: v for k, v in original_state_dict(hf).items()}
     sd["align_indicators.indicator_embs"] = ind.indicator_embs.detach().clone()
     sd.update({f"gated_weight_layer.{k}": v.detach().clone() for k, v in gate.state_dict().items()})
     os.makedirs(path, exist_ok=True)

@@ -52,6 +52,16 @@ def run_ours(cfg, params, feats):
     return np.asarray(module.apply({"params": params}, jnp.asarray(feats)))
 
 
+def assert_matches(cfg, ref, params, seed):
+    """Ours with `params` (copied from the PyTorch `ref`) on random single-crop features, within 1e-4."""
+    feats = np.random.default_rng(seed).normal(size=(2, cfg.vision.num_feature_tokens, 16)).astype(np.float32)
+    expected = ref(torch.tensor(feats)).detach().numpy()
+    out = run_ours(cfg, params, feats[:, None])
+    assert out.shape == expected.shape == (2, image_layout(cfg).tokens_per_image, 32)
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+    return out
+
+
 def randomize(module):
     torch.manual_seed(0)
     with torch.no_grad():
@@ -64,11 +74,7 @@ def randomize(module):
 def test_ldpnet_matches_mobilevlm(grid):
     cfg = model_cfg("ldpnet", grid)
     ref = randomize(TorchLDP(16, 32))
-    feats = np.random.default_rng(0).normal(size=(2, grid * grid, 16)).astype(np.float32)
-    expected = ref(torch.tensor(feats)).detach().numpy()
-    out = run_ours(cfg, ldp_params(ref), feats[:, None])
-    assert out.shape == expected.shape == (2, image_layout(cfg).tokens_per_image, 32)
-    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+    out = assert_matches(cfg, ref, ldp_params(ref), seed=0)
     if grid == 24:
         assert out.shape[1] == 144
 
@@ -77,12 +83,8 @@ def test_ldpnet_matches_mobilevlm(grid):
 def test_mlp_downsample_matches_vila(grid):
     cfg = model_cfg("mlp_downsample", grid)
     ref = randomize(TorchDownsample(16, 32))
-    feats = np.random.default_rng(1).normal(size=(2, grid * grid, 16)).astype(np.float32)
-    expected = ref(torch.tensor(feats)).detach().numpy()
     params = {"norm": ln(ref.layers[1]), "linear_1": lin(ref.layers[2]), "linear_2": lin(ref.layers[4])}
-    out = run_ours(cfg, params, feats[:, None])
-    assert out.shape == expected.shape == (2, image_layout(cfg).tokens_per_image, 32)
-    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+    assert_matches(cfg, ref, params, seed=1)
 
 
 def test_multiscale_pool_matches_centurio():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vlm_jax.image_layout import grid_side
-from vlm_jax.models.layers import gelu_mlp, layer_norm
+from vlm_jax.models.layers import gelu_mlp, layer_norm, single_crop
 
 
 DOWNSAMPLE_ORDERS = ("vila1.5", "nvila")
@@ -34,7 +34,7 @@ class DownsampleProjector(nn.Module):
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:  # [N, 1, T, C]
-        x = features[:, 0].astype(self.dtype)
+        x = single_crop(features).astype(self.dtype)
         n, t, c = x.shape
         side = grid_side(t)
         x = flat_square(x.reshape(n, side, side, c), self.order).reshape(n, -1, 4 * c)

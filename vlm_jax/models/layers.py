@@ -115,3 +115,10 @@ def maybe_remat(module_cls, policy: str, static_argnums=(), *, scanned: bool = T
     if policy not in REMAT_POLICIES:
         raise ValueError(f"unknown remat_policy '{policy}' (known: none, {', '.join(REMAT_POLICIES)})")
     return nn.remat(module_cls, policy=REMAT_POLICIES[policy], prevent_cse=not scanned, static_argnums=static_argnums)
+
+
+def single_crop(features: jax.Array) -> jax.Array:
+    """[N, 1, T, C] projector input -> [N, T, C] (a projector that takes no tiles)."""
+    if features.shape[1] != 1:
+        raise ValueError(f"this projector takes one crop per image, got {features.shape[1]}")
+    return features[:, 0]

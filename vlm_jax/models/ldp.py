@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vlm_jax.image_layout import grid_side
-from vlm_jax.models.layers import dense, gelu_mlp, kernel_init, layer_norm
+from vlm_jax.models.layers import dense, gelu_mlp, kernel_init, layer_norm, single_crop
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -55,7 +55,7 @@ class LDPProjector(nn.Module):
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:  # [N, 1, T, C]
-        x = features[:, 0].astype(self.dtype)
+        x = single_crop(features).astype(self.dtype)
         n, t, _ = x.shape
         side = grid_side(t)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)

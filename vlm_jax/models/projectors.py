@@ -17,7 +17,7 @@ from flax import linen as nn
 from vlm_jax.config import ModelConfig
 from vlm_jax.image_layout import MLP_GELU
 from vlm_jax.models.grid_projectors import DownsampleProjector, MultiscalePoolProjector
-from vlm_jax.models.layers import gelu_mlp
+from vlm_jax.models.layers import gelu_mlp, single_crop
 from vlm_jax.models.ldp import LDPProjector
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}  # type -> build(cfg, dtype, param_dtype, name)
@@ -47,12 +47,6 @@ def build_projector(cfg: ModelConfig, dtype, param_dtype, name: str = "projector
     return get_builder(cfg.projector.type)(cfg, dtype, param_dtype, name=name)
 
 
-def _single_crop(features: jax.Array) -> jax.Array:
-    if features.shape[1] != 1:
-        raise ValueError(f"this projector takes one crop per image, got {features.shape[1]}")
-    return features[:, 0]
-
-
 class MLPProjector(nn.Module):
     """`linear` (depth 1) and LLaVA's `mlpNx_gelu`: Linear, then (GELU, Linear) x (N-1).
 
@@ -65,7 +59,7 @@ class MLPProjector(nn.Module):
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
-        x = _single_crop(features).astype(self.dtype)
+        x = single_crop(features).astype(self.dtype)
         return gelu_mlp(x, self.out_dim, self.depth, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
@@ -74,7 +68,7 @@ class IdentityProjector(nn.Module):
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
-        return _single_crop(features).astype(self.dtype)
+        return single_crop(features).astype(self.dtype)
 
 
 def _mlp(depth: int) -> Callable[..., nn.Module]:
