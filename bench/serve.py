@@ -3,8 +3,8 @@
     python -m bench.serve [--checkpoint CKPT] [--requests 200] [--concurrency 16] [--max-tokens 32]
 
 Starts `python -m infer.serve` as a child process on a free loopback port and sends --requests
-streamed chat completions, each with an image and a question, --concurrency at a time (a first
-pass of --warmup requests of the same mix compiles the shape buckets and is not counted). Reports:
+streamed chat completions, each with an image and a question, --concurrency at a time (bursts of
+1, 2, 4, ... --max-batch concurrent requests first compile the row buckets; not counted). Reports:
 requests answered, latency p50/p95, time to first token (first content chunk) p50/p95, generated
 tokens/s over the whole measured pass, the batches the server formed, and whether anything was
 compiled during the measured pass. Then, with the server stopped, infer.sample's code path
@@ -39,7 +39,7 @@ def build_parser():
     p.add_argument("--template", help="chat template (default: from the tokenizer)")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--warmup", type=int, default=48, help="requests sent first and not counted")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="infer.serve --batch-wait-ms")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-batch", type=int, default=16, help="infer.serve --max-batch and the reference batch size")
     p.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds in all")
@@ -79,7 +79,7 @@ def random_model(folder: str, tokenizer: str) -> str:
 
 def start_server(args, ckpt: str) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "infer.serve", "--checkpoint", ckpt, "--port", "0", "--max-batch",
-           str(args.max_batch), "--max-new-tokens", str(args.max_tokens)]
+           str(args.max_batch), "--max-new-tokens", str(args.max_tokens), "--batch-wait-ms", str(args.batch_wait_ms)]
     if args.template:
         cmd += ["--template", args.template]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -165,8 +165,8 @@ def reference(ckpt: str, template, prompts: list, batch: int, max_tokens: int) -
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if min(args.requests, args.concurrency, args.max_tokens, args.max_batch) < 1 or args.warmup < 0:
-        parser.error("--requests, --concurrency, --max-tokens and --max-batch must be >= 1, --warmup >= 0")
+    if min(args.requests, args.concurrency, args.max_tokens, args.max_batch) < 1 or args.batch_wait_ms < 0:
+        parser.error("--requests, --concurrency, --max-tokens and --max-batch must be >= 1, --batch-wait-ms >= 0")
     if args.checkpoint and not os.path.isdir(args.checkpoint):
         parser.error(f"--checkpoint {args.checkpoint}: no such folder")
     deadline = time.monotonic() + args.timeout
@@ -175,12 +175,13 @@ def main(argv=None) -> int:
         ckpt = args.checkpoint or random_model(tmp, tokenizer)
         prompts = (prompts * (1 + args.requests // len(prompts)))[: args.requests]
         items = [(q, data_url(im)) for q, im in prompts]
-        warm = items[: args.warmup]
+        bursts = [items[:n] for n in sorted({min(1 << k, args.max_batch) for k in range(args.max_batch.bit_length() + 1)})]
         proc, url = start_server(args, ckpt)
         try:
             model = get_json(url + "/v1/models")["data"][0]["id"]
             t0 = time.perf_counter()
-            asyncio.run(load(url, model, warm, args.concurrency, args.max_tokens))
+            for burst in bursts:  # compile every row bucket before measuring
+                asyncio.run(load(url, model, burst, len(burst), args.max_tokens))
             warm_s = time.perf_counter() - t0
             before = get_json(url + "/health")
             remaining = deadline - time.monotonic()
