@@ -3,8 +3,9 @@
     python -m bench.serve [--checkpoint CKPT] [--requests 200] [--concurrency 16] [--max-tokens 32]
 
 Starts `python -m infer.serve` as a child process on a free loopback port and sends --requests
-streamed chat completions, each with an image and a question, --concurrency at a time (bursts of
-1, 2, 4, ... --max-batch concurrent requests first compile the row buckets; not counted). Reports:
+streamed chat completions, each with an image and a question, --concurrency at a time (the server
+compiles its shape buckets first: --warmup-prompt-tokens; --concurrency requests are sent before
+measuring). Reports:
 requests answered, latency p50/p95, time to first token (first content chunk) p50/p95, generated
 tokens/s over the whole measured pass, the batches the server formed, and whether anything was
 compiled during the measured pass. Then, with the server stopped, infer.sample's code path
@@ -40,6 +41,7 @@ def build_parser():
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="infer.serve --batch-wait-ms")
+    p.add_argument("--warmup-prompt-tokens", type=int, default=128, help="infer.serve --warmup-prompt-tokens")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-batch", type=int, default=16, help="infer.serve --max-batch and the reference batch size")
     p.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds in all")
@@ -79,7 +81,8 @@ def random_model(folder: str, tokenizer: str) -> str:
 
 def start_server(args, ckpt: str) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "infer.serve", "--checkpoint", ckpt, "--port", "0", "--max-batch",
-           str(args.max_batch), "--max-new-tokens", str(args.max_tokens), "--batch-wait-ms", str(args.batch_wait_ms)]
+           str(args.max_batch), "--max-new-tokens", str(args.max_tokens), "--batch-wait-ms", str(args.batch_wait_ms),
+           "--warmup-prompt-tokens", str(args.warmup_prompt_tokens)]
     if args.template:
         cmd += ["--template", args.template]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -147,14 +150,16 @@ def pct(xs: list, q: float) -> float:
 
 
 def reference(ckpt: str, template, prompts: list, batch: int, max_tokens: int) -> dict:
-    """infer.sample --prompts --batch-size `batch`: the same runner.run calls, timed after a warm-up batch."""
+    """infer.sample --prompts --batch-size `batch`: the same runner.run calls, timed on a second pass
+    (the first compiles every prompt-length shape the batches need)."""
     from infer import runner
 
     m = runner.load(ckpt)
     template = template or runner.default_template(m.tokenizer)
     sc = runner.sampling(m, template, max_tokens)
     rows = [(runner.prompt_ids(m, template, q, 1), [runner.load_image(m, im)]) for q, im in prompts]
-    runner.run(m, template, rows[:batch], sc, num_rows=batch)  # compile
+    for s in range(0, len(rows), batch):  # compile
+        runner.run(m, template, rows[s : s + batch], sc, s, num_rows=batch)
     t0, tokens = time.perf_counter(), 0
     for s in range(0, len(rows), batch):
         tokens += sum(len(o) for o in runner.run(m, template, rows[s : s + batch], sc, s, num_rows=batch))
@@ -175,14 +180,12 @@ def main(argv=None) -> int:
         ckpt = args.checkpoint or random_model(tmp, tokenizer)
         prompts = (prompts * (1 + args.requests // len(prompts)))[: args.requests]
         items = [(q, data_url(im)) for q, im in prompts]
-        bursts = [items[:n] for n in sorted({min(1 << k, args.max_batch) for k in range(args.max_batch.bit_length() + 1)})]
-        proc, url = start_server(args, ckpt)
+        t0 = time.perf_counter()
+        proc, url = start_server(args, ckpt)  # returns once the server listens (after its warm-up)
+        warm_s = time.perf_counter() - t0
         try:
             model = get_json(url + "/v1/models")["data"][0]["id"]
-            t0 = time.perf_counter()
-            for burst in bursts:  # compile every row bucket before measuring
-                asyncio.run(load(url, model, burst, len(burst), args.max_tokens))
-            warm_s = time.perf_counter() - t0
+            asyncio.run(load(url, model, items[: args.concurrency], args.concurrency, args.max_tokens))
             before = get_json(url + "/health")
             remaining = deadline - time.monotonic()
             results, wall = asyncio.run(asyncio.wait_for(load(url, model, items, args.concurrency, args.max_tokens),
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
         batches = after["batches"] - before["batches"]
         ref = reference(ckpt, args.template, prompts, args.max_batch, args.max_tokens)
     out = {"requests": args.requests, "answered": len(ok), "concurrency": args.concurrency,
-           "max_tokens": args.max_tokens, "max_batch": args.max_batch, "warmup_seconds": round(warm_s, 1),
+           "max_tokens": args.max_tokens, "max_batch": args.max_batch, "startup_seconds": round(warm_s, 1),
            "wall_seconds": round(wall, 2), "latency_p50": pct(lat, 50), "latency_p95": pct(lat, 95),
            "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95), "generated_tokens": gen_tokens,
            "tokens_per_second": gen_tokens / wall, "batches": batches,

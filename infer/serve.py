@@ -40,14 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", help="folder whose files requests may name as image paths (default: none)")
     p.add_argument("--served-model-name", help="the model id of the API (default: the checkpoint folder name)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body accepted")
+    p.add_argument("--warmup-prompt-tokens", type=int, default=0,
+                   help="before serving, compile every batch-size and prompt-length bucket up to this many prompt "
+                        "tokens (images included) for --max-new-tokens answers with one image (0 = compile on "
+                        "first use)")
     p.set_defaults(seed=None)  # a request without a seed gets a fresh one (OpenAI's behaviour)
     return p
 
 
 def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     options.check(args, parser)
-    if args.max_batch < 1 or args.chunk < 1 or args.batch_wait_ms < 0 or args.max_body_mb <= 0:
-        parser.error("need --max-batch >= 1, --chunk >= 1, --batch-wait-ms >= 0, --max-body-mb > 0")
+    if args.max_batch < 1 or args.chunk < 1 or args.batch_wait_ms < 0 or args.max_body_mb <= 0 \
+            or args.warmup_prompt_tokens < 0:
+        parser.error("need --max-batch >= 1, --chunk >= 1, --batch-wait-ms >= 0, --max-body-mb > 0, "
+                     "--warmup-prompt-tokens >= 0")
     if not 0 <= args.port < 65536:
         parser.error(f"--port {args.port}: not a port number")
     if args.image_root and not os.path.isdir(args.image_root):
@@ -61,6 +67,12 @@ def build_app(args: argparse.Namespace):
 
     m, template, sc = options.load(args)
     engine = Engine(m, template, sc, max_batch=args.max_batch, wait_ms=args.batch_wait_ms, chunk=args.chunk)
+    if args.warmup_prompt_tokens:
+        import time
+
+        t0 = time.perf_counter()
+        n = engine.warmup(args.warmup_prompt_tokens, args.max_new_tokens, images=int(m.cfg.vision is not None))
+        logging.getLogger("infer.serve").info("warm-up: %d shapes compiled in %.1f s", n, time.perf_counter() - t0)
     defaults = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed}
     service = serve_http.Service(engine, args.served_model_name or m.name, image_root=args.image_root,
                                  default_max_tokens=args.max_new_tokens, defaults=defaults)

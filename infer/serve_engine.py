@@ -25,6 +25,7 @@ import numpy as np
 
 from infer import runner
 from vlm_jax import generate as gen
+from vlm_jax.image_layout import image_layout
 
 log = logging.getLogger("infer.serve")
 
@@ -102,13 +103,38 @@ class Engine:
                 for j in jobs:
                     j.emit({"error": f"generation failed: {type(e).__name__}: {e}"})
 
-    def _run(self, jobs: list[Job]) -> None:
+    def warmup(self, prompt_tokens: int, max_tokens: int, images: int = 1) -> int:
+        """Compile, before serving, every row bucket x prompt-length bucket up to `prompt_tokens`
+        for answers of up to `max_tokens` (greedy, `images` image slots) -> shapes compiled."""
+        cfg, m = self.m.cfg, self.m
+        n_img = image_layout(cfg).tokens_per_image if images else 0
+        crops = image_layout(cfg).crops_per_image
+        image = np.zeros((crops, cfg.vision.image_size, cfg.vision.image_size, 3), np.uint8)
+        rows_buckets = sorted({bucket(r, hi=self.max_batch) for r in range(1, self.max_batch + 1)})
+        lengths, length = [], runner.PAD_TO
+        while length < max(prompt_tokens, n_img * images + 1):
+            lengths.append(length)
+            length *= 2
+        lengths.append(length)
+        done = 0
+        for rows in rows_buckets:
+            for length in lengths:
+                if length <= n_img * images:
+                    continue
+                ids = np.concatenate([np.full(n_img * images, cfg.image_token_id, np.int32),
+                                      np.full(length - n_img * images, m.tokenizer.pad_id, np.int32)])
+                job = Job(ids, [image] * images, 1, lambda ev: None)
+                self._run([job] * rows, budget=bucket(max_tokens, lo=16), count=False)
+                done += 1
+        return done
+
+    def _run(self, jobs: list[Job], budget: Optional[int] = None, count: bool = True) -> None:
         n = len(jobs)
         rows = bucket(n, hi=self.max_batch)
         length = bucket(max(len(j.ids) for j in jobs), lo=runner.PAD_TO)
         most_images = max(len(j.images) for j in jobs)
         slots = bucket(most_images) if most_images else 0
-        budget = bucket(max(j.max_tokens for j in jobs), lo=16)
+        budget = budget or bucket(max(j.max_tokens for j in jobs), lo=16)
         batch = runner.make_batch(self.m, [(j.ids, j.images) for j in jobs], num_rows=rows, length=length,
                                   slots=slots)
         greedy = all(j.temperature <= 0 for j in jobs)
@@ -120,9 +146,10 @@ class Engine:
         keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
         streams = [runner.TextStream(self.m, self.template, j.stop) for j in jobs]
         finished = [False] * n
-        self.counts["requests"] += n
-        self.counts["batches"] += 1
-        self.counts["rows"] += rows
+        if count:
+            self.counts["requests"] += n
+            self.counts["batches"] += 1
+            self.counts["rows"] += rows
 
         def on_tokens(state) -> np.ndarray:
             toks, num, done = np.asarray(state.tokens), np.asarray(state.num_tokens), np.asarray(state.done)
