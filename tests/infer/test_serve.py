@@ -234,3 +234,21 @@ def test_cli_usage_errors(tmp_path):
     with pytest.raises(SystemExit) as e:
         serve.main(["--help"])
     assert e.value.code == 0
+
+
+@pytest.mark.slow
+def test_warmup_compiles_every_bucket_before_serving(tmp_path):
+    ckpt = model_folder(tmp_path)
+    image = write_image(str(tmp_path / "im.png"))
+    srv = BackgroundServer(["--checkpoint", ckpt, "--template", "vicuna_v1", "--max-new-tokens", "12",
+                            "--max-batch", "2", "--batch-wait-ms", "300", "--warmup-prompt-tokens", "60"])
+    try:
+        compiled = _health(srv)["compiled_functions"]
+        client = _client(srv)
+        one = dict(messages=_user(QUESTION, data_url(image)), temperature=0, max_tokens=12)
+        two = dict(messages=_user("describe it please", data_url(image)), temperature=0, max_tokens=9)
+        client.chat.completions.create(model="ckpt", **one)
+        _together(client, "ckpt", [one, two])
+        assert _health(srv)["batches"] >= 1 and _health(srv)["compiled_functions"] == compiled
+    finally:
+        srv.stop()
