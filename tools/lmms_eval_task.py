@@ -7,7 +7,7 @@ OpenAI-compatible backend (lmms-eval's own tasks download their data from a hub)
         --tasks NAME --include_path TASKDIR --output_path OUT [--limit N]
 
 Questions: LLaVA `model_vqa` lines (`question_id`, `text`, `image`, and a ground truth `answer`
-(or `answers` / `label` / `gt_answer`), as infer.eval reads). The task asks each question with
+(or `answers` / `label` / `gt_answer`), as infer.evaluate reads). The task asks each question with
 its image, greedily, and scores exact match (case and surrounding punctuation ignored) of the
 answer; see docs/serving.md.
 """
