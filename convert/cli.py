@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (the new folder is written beside it and swapped in)")
 
     imp = sub.add_parser("import", help="HF / original LLaVA checkpoint -> CKPT folder")
     imp.add_argument("--format", required=True, choices=formats.names())
@@ -47,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--downsample-order", choices=("vila1.5", "nvila"),
                      help="vila: VILA-1.5's or NVILA's DownSampleBlock (2x2 grid transposed) when the config does "
                           "not tell (mm_projector_type mlp_downsample without the era's config keys)")
-    imp.add_argument("--dtype", default="float32", help="param dtype in the CKPT (default float32; export restores "
-                                                        "the source dtypes)")
+    imp.add_argument("--dtype", default="float32", help="param dtype in the CKPT: float32 (default), bfloat16, "
+                                                        "float16 (export restores the source dtypes)")
     common(imp)
 
     exp = sub.add_parser("export", help="CKPT folder -> HF / original LLaVA checkpoint")
@@ -97,33 +99,41 @@ def run(args: argparse.Namespace) -> None:
     progress = not args.no_progress
     if args.command == "import":
         options = {k: getattr(args, k) for k in ("vision", "base", "downsample_order") if getattr(args, k) is not None}
-        api.import_checkpoint(args.format, args.src, args.out, dtype=args.dtype, progress=progress, **options)
+        api.import_checkpoint(args.format, args.src, args.out, dtype=args.dtype, progress=progress,
+                              overwrite=args.overwrite, **options)
     elif args.command == "export":
         options = {k: getattr(args, k) for k in ("layout", "weights", "vision_tower") if getattr(args, k) is not None}
         if args.projector_only:
             options["projector_only"] = True
+        try:
+            max_shard_bytes = parse_size(args.max_shard_size)
+        except ValueError as e:
+            raise api.UsageError(f"--max-shard-size: {e}") from None
         api.export_checkpoint(args.format, args.src, args.out, lora=args.lora, dtype=args.dtype,
-                              max_shard_bytes=parse_size(args.max_shard_size), progress=progress,
-                              base_model=args.base_model, **options)
+                              max_shard_bytes=max_shard_bytes, progress=progress, base_model=args.base_model,
+                              overwrite=args.overwrite, **options)
     else:
         api.assemble(args.vision, args.llm, args.out, projector=args.projector, projector_type=args.projector_type,
                      select_layer=args.select_layer, select_feature=args.select_feature, image_token=args.image_token,
-                     seed=args.seed, dtype=args.dtype, progress=progress)
+                     seed=args.seed, dtype=args.dtype, progress=progress, overwrite=args.overwrite)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Returns 0 on success, 1 on a conversion error; argparse exits with 2 on bad usage."""
+    """Returns 0 on success, 2 on bad usage or unreadable input (one `error:` line), 1 when a readable
+    checkpoint cannot be converted (e.g. a config this converter does not support)."""
     args = build_parser().parse_args(argv)
-    from convert.engine import ConversionError, UsageError
-    from convert.hf_configs import UnsupportedConfig
+    from convert.engine import BadInput, ConversionError, UsageError
+    from convert.files import BadJson
+    from convert.hf_configs import BadConfig, UnsupportedConfig
+    from convert.tensor_io import BadWeights
 
     try:
         run(args)
-    except UsageError as e:
+    except (UsageError, BadInput, BadJson, BadConfig, BadWeights, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ConversionError, UnsupportedConfig, FileNotFoundError) as e:
+    except (ConversionError, UnsupportedConfig) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

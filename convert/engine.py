@@ -38,6 +38,10 @@ class UsageError(ValueError):
     """Options that do not fit together (the CLI exits with 2, as argparse does)."""
 
 
+class BadInput(ConversionError):
+    """A source file that cannot be read as what it claims to be (the CLI exits with 2)."""
+
+
 @dataclass
 class Source:
     path: str  # weights file or folder

@@ -28,11 +28,24 @@ def copy_tokenizer(src: str, dst: str) -> bool:
     return True
 
 
+class BadJson(ValueError):
+    pass
+
+
 def read_json(path: str) -> Optional[dict]:
+    """A JSON object file, None if there is none; BadJson naming the file if it is not one."""
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise BadJson(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise BadJson(f"{path}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise BadJson(f"{path}: a JSON object is needed, got {type(data).__name__}")
+    return data
 
 
 def write_json(path: str, data: dict) -> None:

@@ -8,6 +8,7 @@ from typing import Optional
 from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, Qwen2Config, SiglipVisionConfig
 
 from convert import preprocessor as preprocessor_lib
+from convert.files import read_json
 from vlm_jax.config import DecoderConfig, VisionConfig
 from vlm_jax.models.vit import num_layers_used
 
@@ -22,11 +23,20 @@ class UnsupportedConfig(ValueError):
     pass
 
 
+class BadConfig(ValueError):
+    """A config file that is not what its folder claims (the CLI exits with 2)."""
+
+
 def load_config(path: str):
     """A local folder's config.json as its transformers config class (no remote code, no hub)."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    config = read_json(os.path.join(path, "config.json"))
+    if config is None:
         raise FileNotFoundError(f"{path}: no config.json (a local checkpoint folder is needed)")
-    return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    except (ValueError, KeyError) as e:
+        raise BadConfig(f"{path}/config.json: model_type {config.get('model_type')!r} is not a transformers model "
+                        f"type this converter reads ({type(e).__name__}; no remote code is run)") from None
 
 
 def vision_part(config):

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
 
+from convert.files import read_json
+
+DTYPES = ("float32", "bfloat16", "float16")  # what --dtype may ask for
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
@@ -61,8 +65,9 @@ def weight_files(path: str) -> list[str]:
     for index in (SAFE_INDEX, BIN_INDEX):
         p = os.path.join(path, index)
         if os.path.isfile(p):
-            with open(p, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
+            weight_map = (read_json(p) or {}).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise BadWeights(f"{p}: no weight_map")
             return [os.path.join(path, name) for name in dict.fromkeys(weight_map.values())]
     for name in ("model.safetensors", "pytorch_model.bin"):
         if os.path.isfile(os.path.join(path, name)):
@@ -73,6 +78,36 @@ def weight_files(path: str) -> list[str]:
     return [os.path.join(path, n) for n in found]
 
 
+class BadWeights(ValueError):
+    """A weight file that cannot be read (corrupt, truncated, or not a dict of tensors)."""
+
+
+class RefusedPickle(BadWeights, pickle.UnpicklingError):
+    """A .bin that holds more than tensors: torch.load(weights_only=True) refuses it, nothing is run."""
+
+
+def _torch_load(path: str):
+    """torch.load(weights_only=True), with one-line errors that never pass on torch's advice to load
+    the file with weights_only=False (that would run the pickled code)."""
+    import torch
+
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) serialization cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise RefusedPickle(f"{path}: holds objects other than tensors, which torch.load(weights_only=True) "
+                                "refuses (pickled code is never run)") from None
+        raise BadWeights(f"{path}: not a PyTorch weights file (unpickling failed)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) and "weights_only" not in str(e) else type(e).__name__
+        raise BadWeights(f"{path}: not a readable PyTorch weights file ({reason})") from None
+
+
 class _File:
     """One open weight file: keys, metadata, tensor loading."""
 
@@ -80,21 +115,23 @@ class _File:
         self.path = path
         self.is_safe = path.endswith(".safetensors")
         if self.is_safe:
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            self._f = safe_open(path, framework="numpy")
+            self._errors = (SafetensorError, OSError, ValueError)
+            try:
+                self._f = safe_open(path, framework="numpy")
+            except self._errors as e:
+                raise BadWeights(f"{path}: not a valid safetensors file ({str(e).splitlines()[0][:160]})") from None
             self._tensors = None
         else:
             import torch
 
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+            self._errors = ()
+            obj = _torch_load(path)
             if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
                 obj = obj["state_dict"]
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+                raise BadWeights(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
             self._tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
     def keys(self) -> list[str]:
@@ -108,7 +145,12 @@ class _File:
         return TensorInfo(key, self.path, tuple(t.shape), str(t.dtype).replace("torch.", ""))
 
     def get(self, key: str) -> np.ndarray:
-        return self._f.get_tensor(key) if self.is_safe else torch_to_numpy(self._tensors[key])
+        if not self.is_safe:
+            return torch_to_numpy(self._tensors[key])
+        try:
+            return self._f.get_tensor(key)
+        except self._errors as e:
+            raise BadWeights(f"{self.path}: tensor '{key}' cannot be read ({str(e).splitlines()[0][:160]})") from None
 
     def close(self) -> None:
         self._f = None

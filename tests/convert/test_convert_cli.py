@@ -35,9 +35,9 @@ def test_help_and_usage_errors():
         assert e.value.code == 2, argv
 
 
-def test_missing_source_is_exit_1(tmp_path, capsys):
+def test_missing_source_is_exit_2(tmp_path, capsys):  # bad usage (issue 18 item 17; exit 1 before)
     assert main(["import", "--format", "hf-llava", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
-                 "--no-progress"]) == 1
+                 "--no-progress"]) == 2
     assert "error:" in capsys.readouterr().err
 
 
