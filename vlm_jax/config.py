@@ -202,6 +202,9 @@ class DataConfig:
     # MMC4-style documents ({"text_list", "image_info"}): supervise all text, or only sentences that follow an
     # image (after_image: VILA's image_following_text_only)
     interleaved_loss: str = "all"
+    # a document with more than max_images images keeps: the first in document order (document), or
+    # VILA-1.5's LazyMMC4Dataset rule: the first of image_info as listed, then in document order (image_info)
+    image_budget_order: str = "document"
     # AlignGPT (model.aligngpt.enabled): "" = the gate computes each indicator (SFT, eval); a record
     # field name (AlignGPT pretraining: "similarity") = each image sample's integer level from the data
     align_level_field: str = ""

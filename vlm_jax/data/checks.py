@@ -28,6 +28,7 @@ def check_data(d: DataConfig, layout: Optional[ImageLayout] = None) -> None:
     """`layout`: the model's image layout, when known; an explicit tiling must give its K crops."""
     _one_of("data.too_long", d.too_long, TOO_LONG_MODES)
     _one_of("data.interleaved_loss", d.interleaved_loss, interleaved.LOSS_MODES)
+    _one_of("data.image_budget_order", d.image_budget_order, interleaved.BUDGET_ORDERS)
     _one_of("data.image.aspect", d.image.aspect, images.ASPECTS)
     if d.image.tiling != "auto":
         try:

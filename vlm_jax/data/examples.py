@@ -41,6 +41,7 @@ class ExampleSpec:
     indicator_token_id: Optional[int] = None  # AlignGPT: indicator placeholder after BOS; None = off
     align_level_field: str = ""  # AlignGPT pretraining: the record field holding the level
     num_indicators: int = 8
+    image_budget_order: str = "document"  # interleaved.BUDGET_ORDERS
 
 
 def expand_images(tokens: np.ndarray, label_mask: np.ndarray, n: int, image_token_id: int):
@@ -70,7 +71,7 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
     """RawRecord -> {"tokens", "label_mask", "images" [n,K,S,S,3] uint8, "id", "truncated"}."""
     rec = parse_record(raw)
     if isinstance(rec.conversations, interleaved.Document):
-        rec = _document_images(rec, spec.max_images)
+        rec = _document_images(rec, spec.max_images, spec.image_budget_order)
         n_tags = rec.conversations.num_images
     else:
         try:
@@ -134,14 +135,14 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
     return out
 
 
-def _document_images(rec, max_images: int):
-    """A document keeps its first max_images images (VILA caps MMC4 documents the same way)."""
+def _document_images(rec, max_images: int, order: str = "document"):
+    """A document keeps max_images images (interleaved.keep_images: ours or VILA-1.5's choice)."""
     if rec.conversations.num_images <= max_images:
         return rec
+    doc, keep = interleaved.keep_images(rec.conversations, max_images, order)
     return dataclasses.replace(
-        rec, conversations=interleaved.keep_first_images(rec.conversations, max_images),
-        image_paths=rec.image_paths[:max_images],
-        image_bytes=None if rec.image_bytes is None else rec.image_bytes[:max_images])
+        rec, conversations=doc, image_paths=[rec.image_paths[i] for i in keep],
+        image_bytes=None if rec.image_bytes is None else [rec.image_bytes[i] for i in keep])
 
 
 def record_id(raw: RawRecord) -> Optional[object]:

@@ -30,12 +30,16 @@ from vlm_jax.data.errors import SkipExample
 from vlm_jax.tokenizer import IMAGE_TOKEN
 
 LOSS_MODES = ("all", "after_image")
+# which images a document over the image budget keeps: the first in document order, or VILA-1.5's rule
+# (LazyMMC4Dataset: the first max_num_images of image_info as listed, then sorted by their sentence)
+BUDGET_ORDERS = ("document", "image_info")
 
 
 @dataclasses.dataclass(frozen=True)
 class Document:
     sentences: tuple[str, ...]
     images_before: tuple[int, ...]  # how many images sit right before each sentence
+    info_index: tuple[int, ...] = dataclasses.field(default=(), compare=False)  # image_info index per image
 
     @property
     def num_images(self) -> int:
@@ -64,20 +68,30 @@ def parse_mmc4(payload: dict) -> tuple[Document, list[int]]:
     order = sorted(range(len(infos)), key=lambda j: where[j])  # stable: ties keep the listed order
     counts = np.bincount(np.asarray(where, np.int64), minlength=len(texts)) if where else np.zeros(len(texts), int)
     sentences = tuple(t.replace(IMAGE_TOKEN, "<IMAGE>") for t in texts)  # as VILA: a literal tag is not an image
-    return Document(sentences, tuple(int(c) for c in counts)), order
+    return Document(sentences, tuple(int(c) for c in counts), tuple(order)), order
 
 
 def image_names(payload: dict, order: list[int]) -> list[str]:
     return [payload["image_info"][j]["image_name"] for j in order]
 
 
-def keep_first_images(doc: Document, max_images: int) -> Document:
-    """Drop the images after the first `max_images` (in document order); the text stays."""
-    left, kept = max_images, []
-    for k in doc.images_before:
-        kept.append(min(k, left))
-        left -= kept[-1]
-    return Document(doc.sentences, tuple(kept))
+def keep_images(doc: Document, max_images: int, order: str = "document") -> tuple[Document, list[int]]:
+    """Keep `max_images` images (the text stays): the first in document order, or (`image_info`) the
+    first in image_info order as VILA-1.5 does. -> the document and the kept images' document positions."""
+    if order not in BUDGET_ORDERS:
+        raise ValueError(f"data.image_budget_order must be one of {BUDGET_ORDERS}, got {order!r}")
+    n = doc.num_images
+    if order == "image_info" and len(doc.info_index) == n:
+        first = set(sorted(doc.info_index)[:max_images])
+        keep = [i for i in range(n) if doc.info_index[i] in first]
+    else:
+        keep = list(range(min(n, max_images)))
+    where = [s for s, k in enumerate(doc.images_before) for _ in range(k)]  # sentence of each image
+    counts = [0] * len(doc.sentences)
+    for i in keep:
+        counts[where[i]] += 1
+    info = tuple(doc.info_index[i] for i in keep) if len(doc.info_index) == n else ()
+    return Document(doc.sentences, tuple(counts), info), keep
 
 
 def render(doc: Document, eos: str, loss: str = "all") -> list[tuple[str, bool]]:

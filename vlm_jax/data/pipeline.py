@@ -131,7 +131,7 @@ class DataLoader:
             seq_len=cfg.seq_len, max_images=cfg.max_images, tokens_per_image=tokens_per_image,
             image_token_id=image_token_id, too_long=cfg.too_long, aspect=cfg.image.aspect,
             image_size=image_size, mean=tuple(image_mean), tiling=cfg.image.tiling, resample=cfg.image.resample,
-            max_pixels=cfg.image.max_pixels,
+            max_pixels=cfg.image.max_pixels, image_budget_order=cfg.image_budget_order,
             **_aligngpt_spec(cfg, aligngpt))
         self.image_shape = (crops_for_tiling(cfg.image.tiling), image_size, image_size, 3)
         encode = encode or default_encode(cfg, tokenizer)
