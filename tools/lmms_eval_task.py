@@ -60,9 +60,6 @@ def process_results(doc, results):
     return {"exact_match": float(_norm(results[0]) == _norm(doc["answer"]))}
 '''
 
-GT_KEYS = ("answer", "answers", "label", "gt_answer")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.lmms_eval_task", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="vlm_jax_local", help="task name (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
+    from infer.evaluate import GT_KEYS, ground_truth  # the ground truth as infer.evaluate reads it
+
     if not os.path.isfile(args.questions):
         p.error(f"--questions {args.questions}: no such file")
     docs = []
@@ -84,7 +83,7 @@ def main(argv=None) -> int:
                 text = q["text"]
             except (ValueError, KeyError, TypeError):
                 p.error(f"{args.questions}:{n}: expected a JSON object with 'text'")
-            gt = next((q[k] for k in GT_KEYS if q.get(k) is not None), None)
+            gt = ground_truth(q)
             if gt is None:
                 p.error(f"{args.questions}:{n}: no ground truth ({', '.join(GT_KEYS)})")
             gt = gt[0] if isinstance(gt, list) else gt
