@@ -37,6 +37,12 @@ class VisionConfig:
     select_feature: str = "patch"  # patch | cls_patch
     image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+    # How the position embedding parameter starts: `normal` = N(0, 0.02 * scale) as HF initialises
+    # CLIP/SigLIP; `sincos2d` = MAE's / big_vision's fixed 2-D sin-cos table times `scale` (a tower
+    # kept frozen then has positions its features carry at a chosen strength). Only the initial
+    # values differ: the parameter, its HF name and conversion are the same.
+    position_init: str = "normal"  # normal | sincos2d
+    position_init_scale: float = 1.0
 
     @property
     def num_patches(self) -> int:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from typing import Optional
 
 from vlm_jax.config import AttentionBlocks, VisionConfig
 from vlm_jax.models.attention import self_attention
-from vlm_jax.models.layers import activation, dense, kernel_init, layer_norm, maybe_remat
+from vlm_jax.models.layers import INIT_STD, activation, dense, kernel_init, layer_norm, maybe_remat
+
+POSITION_INITS = ("normal", "sincos2d")
 
 
 def num_layers_used(cfg: VisionConfig) -> int:
@@ -23,6 +26,39 @@ def num_layers_used(cfg: VisionConfig) -> int:
     if not 0 <= idx <= cfg.num_layers:
         raise ValueError(f"vision.select_layer={cfg.select_layer} is out of range for {cfg.num_layers} layers")
     return idx
+
+
+def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """[grid * grid, width] 2-D sin-cos table for a row-major grid of patches, as big_vision's
+    posemb_sincos_2d (MoCo v3, SigLIP): channels [sin x, cos x, sin y, cos y], x the column,
+    width/4 frequencies from 1 down to 1/temperature."""
+    if width % 4 or width < 8:
+        raise ValueError(f"vision.position_init=sincos2d needs hidden_size a multiple of 4 (>= 8), got {width}")
+    y, x = np.mgrid[:grid, :grid]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
+    x, y = np.outer(x.ravel(), omega), np.outer(y.ravel(), omega)
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+
+
+def position_init(cfg: VisionConfig):
+    """Initializer of the position embedding [tokens, hidden] (`cfg.position_init`, times its scale);
+    a class token's row of the sin-cos table is zero, as in MAE."""
+    scale = cfg.position_init_scale
+    if cfg.position_init == "normal":
+        return nn.with_logical_partitioning(nn.initializers.normal(INIT_STD * scale), (None, "embed"))
+    if cfg.position_init != "sincos2d":
+        raise ValueError(f"vision.position_init must be one of {', '.join(POSITION_INITS)}, got '{cfg.position_init}'")
+    table = sincos_2d(cfg.image_size // cfg.patch_size, cfg.hidden_size) * scale
+    if cfg.has_class_token:
+        table = np.concatenate([np.zeros((1, cfg.hidden_size)), table])
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        if tuple(shape) != table.shape:
+            raise ValueError(f"position embedding shape {tuple(shape)} != sin-cos table {table.shape}")
+        return jnp.asarray(table, dtype)
+
+    return nn.with_logical_partitioning(init, (None, "embed"))
 
 
 class EncoderLayer(nn.Module):
@@ -82,7 +118,7 @@ class VisionTower(nn.Module):
         if c.has_class_token:
             cls = self.param("class_embedding", kernel_init("embed"), (c.hidden_size,), self.param_dtype)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (n, 1, c.hidden_size)), x], axis=1)
-        pos = self.param("position_embedding", kernel_init(None, "embed"), (x.shape[1], c.hidden_size), self.param_dtype)
+        pos = self.param("position_embedding", position_init(c), (x.shape[1], c.hidden_size), self.param_dtype)
         x = x + pos.astype(self.dtype)[None]
         if c.kind == "clip":
             x = layer_norm(c.layer_norm_eps, name="pre_layernorm", **kw)(x)
