@@ -35,6 +35,9 @@ def parse_args(argv=None):
     ap.add_argument("--num-eval", type=int, default=d.num_eval,
                     help="held-out questions per language, balanced over color/shape/count/position (default %(default)s)")
     ap.add_argument("--image-size", type=int, default=d.image_size, help="image side in pixels, 64-96 (default %(default)s)")
+    ap.add_argument("--layout", choices=world.LAYOUTS, default=d.layout,
+                    help="grid: each shape centred in a cell of a 3x3 grid; free: anywhere, any size, straddling "
+                         "patches (default %(default)s)")
     ap.add_argument("--vocab-size", type=int, default=3000, help="tokenizer vocabulary size (default %(default)s)")
     ap.add_argument("--no-tokenizer", action="store_true", help="do not train the tokenizer")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (default %(default)s)")
@@ -42,7 +45,7 @@ def parse_args(argv=None):
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     params = world.Params(seed=args.seed, num_train=args.num_train, text_only_fraction=args.text_only_fraction,
-                              num_eval=args.num_eval, image_size=args.image_size)
+                              num_eval=args.num_eval, image_size=args.image_size, layout=args.layout)
     try:
         params.validate()
     except ValueError as e:

@@ -201,6 +201,52 @@ def test_images_show_their_colours(data):
             assert max(abs(p - e) for p, e in zip(pixel, expected)) <= 2, (i, o, pixel)
 
 
+def test_free_layout_places_shapes_anywhere_inside_the_image_and_apart():
+    """layout=free: sizes across FREE_SIZE, centres anywhere (most shapes straddle a 32 px patch
+    boundary, which grid shapes never do), every shape inside the image, none touching another, and
+    position questions only about shapes in a side band."""
+    rng, straddles, sizes, objects = random.Random(0), 0, [], 0
+    for _ in range(300):
+        scene = S.random_scene(rng, layout="free")
+        objs = scene.objs
+        assert list(objs) == sorted(objs, key=lambda o: (o.cx, o.cy))
+        for i, o in enumerate(objs):
+            reach = 1.25 * o.size
+            assert S.FREE_SIZE[0] <= o.size <= S.FREE_SIZE[1] and reach <= o.cx <= 1 - reach and reach <= o.cy <= 1 - reach
+            assert (o.col, o.row) == tuple(0 if v < S.FREE_SIDE_BAND else 2 if v > 1 - S.FREE_SIDE_BAND else 1 for v in (o.cx, o.cy))
+            for p in objs[i + 1:]:
+                assert ((o.cx - p.cx) ** 2 + (o.cy - p.cy) ** 2) ** 0.5 > reach + 1.25 * p.size
+            straddles += _straddles(o)
+            sizes.append(o.size)
+            objects += 1
+        for k, o in enumerate(objs):
+            assert set(scene.position_sides(k)) == {side for side, on in enumerate(
+                (o.cx < S.FREE_SIDE_BAND, o.cx > 1 - S.FREE_SIDE_BAND, o.cy < S.FREE_SIDE_BAND, o.cy > 1 - S.FREE_SIDE_BAND)) if on}
+    assert straddles > objects / 2 and min(sizes) < 0.07 and max(sizes) > 0.16
+    assert not any(_straddles(o) for _ in range(100) for o in S.random_scene(rng).objs)
+
+
+def _straddles(o) -> bool:
+    """The shape's inner disc (radius = half-size) crosses a boundary of the 3x3 grid of 32 px patches."""
+    return any(int((v - o.size) * 3) != int((v + o.size) * 3) for v in (o.cx, o.cy))
+
+
+def test_free_layout_dataset_is_deterministic_and_shows_its_colours(tmp_path):
+    params = S.Params(seed=3, num_train=40, num_eval=8, layout="free")
+    manifest = F.write_dataset(str(tmp_path / "a"), params)
+    assert F.write_dataset(str(tmp_path / "b"), params, workers=2)["content_hash"] == manifest["content_hash"]
+    assert manifest["params"]["layout"] == "free" and F.is_complete(str(tmp_path / "a"), params, verify=True)
+    assert not F.is_complete(str(tmp_path / "a"), S.Params(seed=3, num_train=40, num_eval=8))
+    for i in range(10):
+        scene = S.make_train_example(params, i).scene
+        img = Image.open(tmp_path / "a" / "images" / f"{i:06d}.png")
+        for o in scene.objs:
+            pixel = img.getpixel((int(o.cx * params.image_size), int(o.cy * params.image_size)))
+            assert max(abs(p - e) for p, e in zip(pixel, S.RGB[S.COLORS[o.color]])) <= 2, (i, o, pixel)
+    with pytest.raises(ValueError, match="layout"):
+        S.Params(layout="random").validate()
+
+
 def test_score_answers_per_category():
     refs = [{"question_id": 0, "text": "rouge", "category": "color"}, {"question_id": 1, "text": "une", "category": "count"},
             {"question_id": 2, "text": "cercle", "category": "shape"}]
@@ -284,7 +330,7 @@ def test_make_demo_data_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "reusing dataset" in printed and "reusing tokenizer" in printed
     assert os.path.isfile(os.path.join(out, "tokenizer", "tokenizer_config.json"))
-    for bad in (["--num-train", "0"], ["--image-size", "32"], ["--text-only-fraction", "1.5"], []):
+    for bad in (["--num-train", "0"], ["--image-size", "32"], ["--text-only-fraction", "1.5"], ["--layout", "x"], []):
         with pytest.raises(SystemExit) as e:
             make_demo_data.main((["--out", out] if bad else []) + bad)
         assert e.value.code == 2
