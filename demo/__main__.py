@@ -1,8 +1,9 @@
 """The embedded default (`make demo`): a small multilingual VLM trained from scratch on CPU.
 
-    python -m demo [--data demo_data] [--run-dir runs/demo] [--quick]
+    python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--quick]
 
-Generates the shape-world dataset and tokenizer (once), trains the two stages of
+Generates the shape-world dataset and tokenizer (once; --seed and --layout are passed to
+demo.make_data, and --seed is the training seed too), trains the two stages of
 configs/demo/recipe.yaml (align with `plain`, then SFT with `vicuna_v1`; both resume or are
 skipped when done), evaluates the held-out questions in all 10 languages with infer.evaluate, prints
 the per-language table, samples two answers and writes RUN_DIR/eval_summary.json and
@@ -35,6 +36,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="demo_data", help="dataset + tokenizer folder (default %(default)s)")
     p.add_argument("--run-dir", default="runs/demo", help="where the stages, answers and summary go (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the dataset, the tokenizer and the training run (init and data order) (default %(default)s)")
+    p.add_argument("--layout", choices=world.LAYOUTS, default="grid",
+                   help="grid: each shape in a cell of a 3x3 grid; free: anywhere, any size (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset (same code path; for tests)")
     p.add_argument("--eval-batch-size", type=int, default=40)
     return p.parse_args(argv)
@@ -47,10 +52,11 @@ def run(cmd: list[str]) -> None:
 
 def stage_overrides(args) -> list[str]:
     d = args.data
+    seeds = [f"seed={args.seed}", f"data.seed={args.seed}"]
     return [f"data.tokenizer={d}/tokenizer",
-            f"data.sources=[{{path: {d}/align.json, image_folder: {d}/images}}]"], \
+            f"data.sources=[{{path: {d}/align.json, image_folder: {d}/images}}]", *seeds], \
         [f"data.tokenizer={d}/tokenizer",
-         f"data.sources=[{{path: {d}/sft.json, image_folder: {d}/images}}]"]
+         f"data.sources=[{{path: {d}/sft.json, image_folder: {d}/images}}]", *seeds]
 
 
 def train(args) -> str:
@@ -148,7 +154,8 @@ def loss_curve(run_dir: str) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    run(["demo.make_data", "--out", args.data, *(QUICK["data"] if args.quick else [])])
+    run(["demo.make_data", "--out", args.data, "--seed", str(args.seed), "--layout", args.layout,
+         *(QUICK["data"] if args.quick else [])])
     checkpoint = train(args)
     answers = evaluate(args, checkpoint)
     summary = summarize(args, answers)
