@@ -15,6 +15,7 @@ from vlm_jax import optim
 from vlm_jax.config import Config, ConfigError, TrainConfig
 from vlm_jax.data.checks import check_data
 from vlm_jax.image_layout import ImageLayout, image_layout
+from vlm_jax.models.vit import check_position_init
 from vlm_jax.sharding import mesh_shape
 
 NAN_POLICIES = ("stop", "skip")  # train.nan_policy
@@ -24,6 +25,10 @@ def check(cfg: Config, *, need_files: bool = True, previous_stage: bool = False)
     """Values, then (`need_files`: not for compile-only planning) the files the run reads. A stage
     whose init_from is the previous stage's run dir (`previous_stage`) may not have it yet."""
     layout = model_layout(cfg)
+    try:
+        check_position_init(cfg.model.vision)
+    except ValueError as e:
+        raise ConfigError(f"model.{e}") from None
     check_data(cfg.data, layout)
     check_train(cfg.train)
     optim.check_optimizer(cfg.train.optimizer, cfg.train.trainable)

@@ -74,6 +74,7 @@ def losses(run_dir) -> list[float]:
     (["mesh.data=8", "train.global_batch_size=12"], "not divisible by the data axes"),
     (["train.fake_data.enabled=false", "data.sources=[{path: /no/such/data.json}]"], "data file not found"),
     (["train.nan_policy=ignore"], "train.nan_policy"),
+    (["model.vision.position_init=rope"], "model.vision.position_init must be one of normal, sincos2d"),
 ])
 def test_bad_config_one_line_exit_2(tmp_path, capsys, overrides, message):
     path = write_config(tmp_path, run_dir=str(tmp_path / "run"))

@@ -28,12 +28,19 @@ def num_layers_used(cfg: VisionConfig) -> int:
     return idx
 
 
+def check_position_init(cfg: VisionConfig) -> None:
+    """ValueError naming the key if the tower's position_init cannot be built (config_check runs it
+    before anything is compiled)."""
+    if cfg.position_init not in POSITION_INITS:
+        raise ValueError(f"vision.position_init must be one of {', '.join(POSITION_INITS)}, got '{cfg.position_init}'")
+    if cfg.position_init == "sincos2d" and (cfg.hidden_size % 4 or cfg.hidden_size < 8):
+        raise ValueError(f"vision.position_init=sincos2d needs hidden_size a multiple of 4 (>= 8), got {cfg.hidden_size}")
+
+
 def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
     """[grid * grid, width] 2-D sin-cos table for a row-major grid of patches, as big_vision's
     posemb_sincos_2d (MoCo v3, SigLIP): channels [sin x, cos x, sin y, cos y], x the column,
-    width/4 frequencies from 1 down to 1/temperature."""
-    if width % 4 or width < 8:
-        raise ValueError(f"vision.position_init=sincos2d needs hidden_size a multiple of 4 (>= 8), got {width}")
+    width/4 frequencies from 1 down to 1/temperature (width a multiple of 4, >= 8)."""
     y, x = np.mgrid[:grid, :grid]
     omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
     x, y = np.outer(x.ravel(), omega), np.outer(y.ravel(), omega)
@@ -43,11 +50,10 @@ def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarra
 def position_init(cfg: VisionConfig):
     """Initializer of the position embedding [tokens, hidden] (`cfg.position_init`, times its scale);
     a class token's row of the sin-cos table is zero, as in MAE."""
+    check_position_init(cfg)
     scale = cfg.position_init_scale
     if cfg.position_init == "normal":
         return nn.with_logical_partitioning(nn.initializers.normal(INIT_STD * scale), (None, "embed"))
-    if cfg.position_init != "sincos2d":
-        raise ValueError(f"vision.position_init must be one of {', '.join(POSITION_INITS)}, got '{cfg.position_init}'")
     table = sincos_2d(cfg.image_size // cfg.patch_size, cfg.hidden_size) * scale
     if cfg.has_class_token:
         table = np.concatenate([np.zeros((1, cfg.hidden_size)), table])
