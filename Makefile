@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow demo clean
+.PHONY: install test test-slow check-transformers4 demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,8 +22,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
 
+# exports load in transformers 4 too: a second venv with transformers 4 (no torch) runs the exported folder
+TF4 := .venv-transformers4
+check-transformers4: $(STAMP)
+	test -x $(TF4)/bin/python || $(PY) -m venv $(TF4)
+	$(TF4)/bin/pip install -q "transformers>=4.57,<5" pillow numpy
+	VLM_JAX_TRANSFORMERS4_PYTHON=$(TF4)/bin/python $(BIN)/python -m pytest -q -m slow -p no:cacheprovider \
+		tests/infer/test_infer_hf5.py -k transformers4
+
 demo: $(STAMP)
 	$(BIN)/python -m demo
 
 clean:
-	rm -rf $(VENV) runs demo_data
+	rm -rf $(VENV) $(TF4) runs demo_data

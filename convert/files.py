@@ -28,6 +28,26 @@ def copy_tokenizer(src: str, dst: str) -> bool:
     return True
 
 
+def tokenizer_config_for_both(folder: str) -> None:
+    """Rewrite a transformers-5 `tokenizer_config.json` of an export folder in the form transformers 4 also
+    loads (5 reads both the same): its generic class TokenizersBackend is 4's PreTrainedTokenizerFast, and 5's
+    `extra_special_tokens` list / `model_specific_special_tokens` dict are 4's `additional_special_tokens` /
+    `extra_special_tokens` (4 takes the latter as a dict and fails on a list)."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    conf = read_json(path)
+    if conf is None:
+        return
+    new = dict(conf)
+    if new.get("tokenizer_class") == "TokenizersBackend":
+        new["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(new.get("extra_special_tokens"), list):
+        listed = new.pop("extra_special_tokens")
+        new.setdefault("additional_special_tokens", listed)
+        new["extra_special_tokens"] = new.pop("model_specific_special_tokens", None) or {}
+    if new != conf:
+        write_json(path, new)
+
+
 class BadJson(ValueError):
     pass
 

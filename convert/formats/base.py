@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
 from convert import engine, lora
-from convert.files import copy_tokenizer, write_json
+from convert.files import copy_tokenizer, tokenizer_config_for_both, write_json
 from convert.preprocessor import Preprocessing
 from convert.tensor_io import BinShardWriter, ShardedSafetensorsWriter
 from vlm_jax.config import ModelConfig
@@ -156,6 +156,7 @@ def write_folder(ckpt: engine.Ckpt, path: str, folder: Folder, *, dtype: Optiona
                               writer_cls=BinShardWriter if bin_ else ShardedSafetensorsWriter)
     if folder.tokenizer and ckpt.tokenizer_dir:
         copy_tokenizer(ckpt.tokenizer_dir, path)
+        tokenizer_config_for_both(path)
     if folder.image_processor is not None:
         folder.image_processor.save_pretrained(path)
     for name, content in folder.side_files.items():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaForCausalLM
+from transformers import LlamaForCausalLM, SiglipVisionModel
 
 from convert.cli import main
 from tests.helpers import derived as dh
@@ -74,7 +74,17 @@ def test_palo_mobilevlm_ldpnet(tmp_path):
     feats = torch.randn(2, 9, 32)
     with torch.no_grad():
         torch.testing.assert_close(ldp(feats), hf.model.multi_modal_projector(feats), rtol=0, atol=0)
-    # the names without MobileVLM's `model.` (exported so by earlier versions of this converter) import too
+
+
+def test_palo_flat_names_and_stage1_projector(tmp_path):
+    """The names without MobileVLM's `model.` (exported so by earlier versions of this converter) import to
+    the same model; a stage-1 file with MobileVLM's projector names assembles with the tower and LLM again."""
+    hf = dh.tiny_llava(mobilevlm_ldp())
+    src = str(tmp_path / "mpalo")
+    dh.save_mobilevlm(hf, src)
+    dh.save_vision(hf, str(tmp_path / "clip"))
+    cli("import", "--format", "palo", "--src", src, "--vision", str(tmp_path / "clip"), "--out", str(tmp_path / "ck"))
+    p1, c1 = load_model_checkpoint(str(tmp_path / "ck"))
     flat = str(tmp_path / "flat")
     os.makedirs(flat)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
@@ -82,18 +92,21 @@ def test_palo_mobilevlm_ldpnet(tmp_path):
     save_file({k.replace("model.mm_projector.model.", "model.mm_projector."): torch.from_numpy(v)
                for k, v in tensors(src).items()}, os.path.join(flat, "model.safetensors"))
     cli("import", "--format", "palo", "--src", flat, "--vision", str(tmp_path / "clip"), "--out", str(tmp_path / "ck2"))
-    a2, _ = ours(str(tmp_path / "ck2"), np.where(toks == IMAGE_TOKEN, -200, toks), imgs[:, None])
-    np.testing.assert_array_equal(a, a2)
+    p2, c2 = load_model_checkpoint(str(tmp_path / "ck2"))
+    assert c2 == c1
+    jax.tree.map(np.testing.assert_array_equal, p2, p1)
     # stage-1 file with MobileVLM's projector names, assembled with the tower and the LLM again
     cli("export", "--format", "palo", "--projector-only", "--src", str(tmp_path / "ck"), "--out", str(tmp_path / "s1"))
+    assert set(tensors(str(tmp_path / "s1"))) == {k for k in tensors(src) if k.startswith("model.mm_projector.model.")}
     llm = LlamaForCausalLM(hf.config.text_config)
     llm.model.load_state_dict(hf.model.language_model.state_dict())
     llm.lm_head.load_state_dict(hf.lm_head.state_dict())
     llm.save_pretrained(str(tmp_path / "llm"))
     cli("assemble", "--vision", str(tmp_path / "clip"), "--llm", str(tmp_path / "llm"), "--projector",
         str(tmp_path / "s1" / "mm_projector.bin"), "--projector-type", "ldpnet", "--out", str(tmp_path / "asm"))
-    c, _ = ours(str(tmp_path / "asm"), np.where(toks == IMAGE_TOKEN, -200, toks), imgs[:, None])
-    np.testing.assert_array_equal(a, c)
+    p3, c3 = load_model_checkpoint(str(tmp_path / "asm"))
+    assert (c3.vision, c3.projector, c3.decoder) == (c1.vision, c1.projector, c1.decoder)
+    jax.tree.map(np.testing.assert_array_equal, p3, p1)
 
 
 @pytest.mark.parametrize("era", ["vila1.5", "nvila"])
@@ -122,6 +135,9 @@ def test_vila_mlp_downsample_folders(tmp_path, era, capsys):
     proj = MultimodalProjector(32, 64, nvila=era == "nvila")
     proj.load_state_dict({k: torch.from_numpy(v) for k, v in tensors(os.path.join(out, "mm_projector")).items()},
                          strict=True)
+    for part, cls in (("llm", LlamaForCausalLM), ("vision_tower", SiglipVisionModel)):  # as VILA's builder loads them
+        _, info = cls.from_pretrained(os.path.join(out, part), output_loading_info=True)
+        assert not any(info.values()), (part, info)
 
     # a config without the keys of either era: exit 2 unless --downsample-order says which
     bare = str(tmp_path / "bare")

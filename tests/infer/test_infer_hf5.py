@@ -5,6 +5,7 @@ files AutoProcessor loads."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -88,8 +89,61 @@ def test_export_writes_processor_files_both_versions_load(tmp_path):
     assert "image_processor" not in keys and keys["patch_size"] == 14 and keys["processor_class"] == "LlavaProcessor"
     with open(os.path.join(out, "preprocessor_config.json")) as f:
         assert json.load(f)["crop_size"] == {"height": 28, "width": 28}
+    with open(os.path.join(out, "tokenizer_config.json")) as f:  # in the form transformers 4 also takes
+        tok = json.load(f)
+    assert tok["tokenizer_class"] == "PreTrainedTokenizerFast" and tok["extra_special_tokens"] == {"image_token": "<image>"}
     a, b = AutoProcessor.from_pretrained(path), AutoProcessor.from_pretrained(out)
     assert type(b).__name__ == "LlavaProcessor" and b.patch_size == a.patch_size
+    text = "<s> what is <image> in this image ?"
+    assert b.tokenizer(text).input_ids == a.tokenizer(text).input_ids and b.tokenizer.image_token == "<image>"
+    assert b.tokenizer.all_special_tokens == a.tokenizer.all_special_tokens
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (33, 50, 3), dtype=np.uint8))
     torch.testing.assert_close(b.image_processor(images=img, return_tensors="pt")["pixel_values"],
                                a.image_processor(images=img, return_tensors="pt")["pixel_values"], rtol=0, atol=0)
+
+
+# run by a Python with transformers 4 installed (no torch): the exported folder's processor as v4 loads it
+_V4_LOAD = """
+import json, sys
+import numpy as np
+from PIL import Image
+import transformers
+from transformers import AutoProcessor
+p = AutoProcessor.from_pretrained(sys.argv[1])
+ip = p.image_processor
+pix = ip(images=Image.open(sys.argv[2]).convert("RGB"), return_tensors="np")["pixel_values"]
+print(json.dumps({"version": transformers.__version__, "processor": type(p).__name__, "patch_size": p.patch_size,
+                  "strategy": p.vision_feature_select_strategy, "image_processor": type(ip).__name__,
+                  "pixels": pix.tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_export_loads_in_transformers4(tmp_path):
+    """The exported folder in transformers 4 (a second Python named by VLM_JAX_TRANSFORMERS4_PYTHON; `make
+    check-transformers4` builds one from PyPI): the same LlavaProcessor, patch size, strategy and pixels
+    as transformers 5 gives for the source folder."""
+    import subprocess
+    import sys
+
+    py = os.environ.get("VLM_JAX_TRANSFORMERS4_PYTHON")
+    if not py:
+        pytest.skip("VLM_JAX_TRANSFORMERS4_PYTHON (a Python with transformers<5) not set: make check-transformers4")
+    _, path = save_hf5(tmp_path, "clip-llama")
+    args = ["--no-progress"]
+    assert convert_main(["import", "--format", "hf-llava", "--src", path, "--out", str(tmp_path / "ck"), *args]) == 0
+    assert convert_main(["export", "--format", "hf-llava", "--src", str(tmp_path / "ck"), "--out",
+                         str(tmp_path / "out"), *args]) == 0
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (33, 50, 3), dtype=np.uint8)).save(tmp_path / "im.png")
+    run = subprocess.run([py, "-c", _V4_LOAD, str(tmp_path / "out"), str(tmp_path / "im.png")], capture_output=True,
+                         text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert run.returncode == 0, run.stderr
+    v4 = json.loads(run.stdout.strip().splitlines()[-1])
+    assert v4["version"].startswith("4."), v4["version"]
+    v5 = AutoProcessor.from_pretrained(path)
+    base = lambda name: re.sub("(Fast|Pil)$", "", name)  # noqa: E731 (the same processor, another backend)
+    assert (v4["processor"], v4["patch_size"], v4["strategy"], base(v4["image_processor"])) == (
+        "LlavaProcessor", v5.patch_size, v5.vision_feature_select_strategy, base(type(v5.image_processor).__name__))
+    want = v5.image_processor(images=Image.open(tmp_path / "im.png").convert("RGB"), return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(np.asarray(v4["pixels"], np.float32), want, rtol=0, atol=1e-5)
+    print(sys.version, v4["version"])
