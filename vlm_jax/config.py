@@ -166,6 +166,9 @@ class DataSourceConfig:
     weight: Optional[float] = None
     name: str = ""  # label for stats / per-source eval (e.g. a language code); default: file stem
     max_examples: Optional[int] = None  # use only the first n records (before shuffling)
+    # MMC4-layout records whose sentences are captions, one image each (COYO): every caption with its image is
+    # its own sequence (BOS <image>\n caption EOS), as VILA-1.5's LazyCoyoDataset; false = one document
+    caption_sequences: bool = False
 
 
 @dataclass

@@ -86,6 +86,13 @@ def mmc4_doc(i, c, d):
                            {"image_name": f"{c}.png", "matched_text_index": 1}]}
 
 
+def coyo_record(i, colors):
+    """COYO in the MMC4 layout: 4 captions, one image each (VILA's 4-sample item)."""
+    cs = [colors[(i + j) % len(colors)] for j in range(4)]
+    return {"id": f"coyo{i}", "text_list": [f"a {c} square" for c in cs],
+            "image_info": [{"image_name": f"{c}.png", "matched_text_index": j} for j, c in enumerate(cs)]}
+
+
 def write_data(tmp: str, kind: str, n: int = 8) -> tuple[list[str], str]:
     """Generated files for one data kind -> (source paths, image folder)."""
     images = os.path.join(tmp, "images")
@@ -96,7 +103,10 @@ def write_data(tmp: str, kind: str, n: int = 8) -> tuple[list[str], str]:
         with open(path, "w") as f:
             for i in range(n):
                 f.write(json.dumps(mmc4_doc(i, pick(i), pick(i + 1))) + "\n")
-        return [path, path], images
+        coyo = os.path.join(tmp, "coyo.jsonl")  # the second source of VILA's stage 2
+        with open(coyo, "w") as f:
+            f.writelines(json.dumps(coyo_record(i, colors)) + "\n" for i in range(n))
+        return [path, coyo], images
     if kind == "mix":
         return [_write(tmp, "language.json", [_text(i, None) for i in range(n)]),
                 _write(tmp, "vision.json", [_vqa(i, pick(i)) for i in range(n)])], images

@@ -65,6 +65,7 @@ def test_real_centurio_and_vila_structure():
     assert [v.train.trainable for v in vila] == [["projector"], ["projector", "decoder"],
                                                  ["vision", "projector", "decoder"]]
     assert image_layout(vila[0].model).tokens_per_image == 144 and vila[1].data.interleaved_loss == "all"  # VILA-1.5 mmc4core: LazyMMC4Dataset, all text
+    assert [s.caption_sequences for s in vila[1].data.sources] == [False, True]  # coyo: LazyCoyoDataset
     palo = load(Config, rh.config_path("palo/mobilepalo_1.7b_finetune"), [])
     assert image_layout(palo.model).tokens_per_image == 144 and palo.model.decoder.hidden_size == 2048
 

@@ -21,7 +21,8 @@ from vlm_jax.tokenizer import IMAGE_MARKER, IMAGE_TOKEN
 
 TOO_LONG_MODES = ("truncate", "drop")  # data.too_long: cut at seq_len (never inside an image) | skip
 
-# (conversations) -> (tokens int32[T] with IMAGE_MARKER per image, label_mask bool[T])
+# (conversations) -> (tokens int32[T] with IMAGE_MARKER per image, label_mask bool[T][, sequence index int[T]
+# when the example is several sequences: interleaved caption_sequences])
 EncodeFn = Callable[[list], tuple]
 
 
@@ -91,6 +92,7 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
         raise SkipExample("template_error", str(e)) from None
     tokens = np.asarray(enc[0], np.int64)
     label_mask = np.asarray(enc[1], bool)
+    sequences = np.asarray(enc[2], np.int32) if len(enc) > 2 and enc[2] is not None else None
     if int(np.sum(tokens == IMAGE_MARKER)) != n_images:
         raise SkipExample("template_error", "the template changed the number of <image> markers")
 
@@ -100,13 +102,21 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
         tokens, label_mask = aligngpt.insert_indicator(tokens, label_mask, level, spec.indicator_token_id)
 
     n = spec.tokens_per_image
+    if sequences is not None:
+        sequences = np.repeat(sequences, np.where(tokens == IMAGE_MARKER, n, 1))
     tokens, label_mask, starts = expand_images(tokens, label_mask, n, spec.image_token_id)
     truncated = len(tokens) > spec.seq_len
     if truncated:
         if spec.too_long == "drop":
             raise SkipExample("too_long", f"{len(tokens)} tokens > seq_len {spec.seq_len}")
-        tokens, label_mask, n_images = truncate(tokens, label_mask, starts, n, spec.seq_len)
+        cut = spec.seq_len
+        if sequences is not None:  # whole sequences, as far as they fit (VILA never shortens a caption that fits)
+            ends = np.flatnonzero(np.r_[sequences[1:] != sequences[:-1], True]) + 1
+            cut = int(ends[ends <= cut][-1]) if (ends <= cut).any() else cut
+        tokens, label_mask, n_images = truncate(tokens, label_mask, starts, n, cut)
         tokens, label_mask, level = aligngpt.drop_indicator(tokens, label_mask, level, n_images)
+        if sequences is not None:
+            sequences = sequences[: len(tokens)]
     if len(tokens) < 2 or not label_mask[1:].any():
         raise SkipExample("no_supervised_tokens", "after truncation" if truncated else "")
     if n_images > spec.max_images:
@@ -132,6 +142,8 @@ def build_example(raw: RawRecord, encode: EncodeFn, spec: ExampleSpec) -> dict:
     }
     if spec.indicator_token_id is not None:
         out["align_level"] = level
+    if sequences is not None:
+        out["sequence_ids"] = sequences
     return out
 
 

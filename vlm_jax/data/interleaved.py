@@ -14,8 +14,12 @@ gets BOS (if the tokenizer has one) and EOS, and there is no chat template. Loss
   and the EOS if the last sentence does. VILA separates sentences with a pad token in this mode to
   find the spans; here the input ids are the same in both modes and only the mask differs.
 
-Image placeholders are never supervised. COYO-style caption groups (`<image>caption</s>` x 4 in
-VILA) fit the same layout: one sentence per caption, each matched to its image.
+Image placeholders are never supervised. COYO-style caption groups (4 captions per record in VILA)
+fit the same layout: one sentence per caption, each matched to its image. A source with
+`caption_sequences: true` reads such a record as VILA-1.5's LazyCoyoDataset does: every caption is its
+own sequence, BOS `<image>` "\n" caption EOS, all text supervised (`CONCAT_SAMPLES = False`; its
+collator makes each a batch row); here the sequences of a record share a packed row as separate
+segments (own positions, no attention across), which computes the same.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Document:
     sentences: tuple[str, ...]
     images_before: tuple[int, ...]  # how many images sit right before each sentence
     info_index: tuple[int, ...] = dataclasses.field(default=(), compare=False)  # image_info index per image
+    captions: bool = False  # each sentence with its one image is its own sequence (caption_sequences)
 
     @property
     def num_images(self) -> int:
@@ -75,12 +80,27 @@ def image_names(payload: dict, order: list[int]) -> list[str]:
     return [payload["image_info"][j]["image_name"] for j in order]
 
 
+def as_captions(doc: Document) -> Document:
+    """The document of a `caption_sequences` source: one image per sentence, each pair a sequence."""
+    for i, k in enumerate(doc.images_before):
+        if k != 1:
+            raise SkipExample("malformed_record", f"caption_sequences: sentence {i} has {k} images matched "
+                                                  "(one image per caption)")
+    return dataclasses.replace(doc, captions=True)
+
+
 def keep_images(doc: Document, max_images: int, order: str = "document") -> tuple[Document, list[int]]:
     """Keep `max_images` images (the text stays): the first in document order, or (`image_info`) the
-    first in image_info order as VILA-1.5 does. -> the document and the kept images' document positions."""
+    first in image_info order as VILA-1.5 does; captions (`doc.captions`) go with their image.
+    -> the document and the kept images' document positions."""
     if order not in BUDGET_ORDERS:
         raise ValueError(f"data.image_budget_order must be one of {BUDGET_ORDERS}, got {order!r}")
     n = doc.num_images
+    if doc.captions:
+        info = doc.info_index[:max_images] if len(doc.info_index) == n else ()
+        return dataclasses.replace(doc, sentences=doc.sentences[:max_images],
+                                   images_before=doc.images_before[:max_images], info_index=info), \
+            list(range(min(n, max_images)))
     if order == "image_info" and len(doc.info_index) == n:
         first = set(sorted(doc.info_index)[:max_images])
         keep = [i for i in range(n) if doc.info_index[i] in first]
@@ -109,6 +129,19 @@ def render(doc: Document, eos: str, loss: str = "all") -> list[tuple[str, bool]]
 def encode_document(doc: Document, tokenizer, loss: str = "all"):
     """-> templates.Encoded(tokens with one IMAGE_MARKER per image, label_mask)."""
     return templates.tokenize_segments(render(doc, tokenizer.eos_token or "", loss), tokenizer, add_bos=True)
+
+
+def encode_captions(doc: Document, tokenizer) -> tuple[templates.Encoded, np.ndarray]:
+    """Every caption its own sequence, as VILA-1.5's LazyCoyoDataset: `<image>\n` + caption + EOS through
+    tokenizer_image_token (BOS first), all supervised but the image. -> the sequences back to back and
+    the sequence index of every token."""
+    eos = tokenizer.eos_token or ""
+    parts = [templates.tokenize_segments([(IMAGE_TOKEN * k + "\n" + text + eos, True)], tokenizer, add_bos=True)
+             for text, k in zip(doc.sentences, doc.images_before)]
+    tokens = np.concatenate([p.tokens for p in parts])
+    mask = np.concatenate([p.label_mask for p in parts])
+    return templates.Encoded(tokens, mask), np.repeat(np.arange(len(parts), dtype=np.int32),
+                                                     [len(p.tokens) for p in parts])
 
 
 def to_mmc4(doc: Document, names: list[str]) -> dict:

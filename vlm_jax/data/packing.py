@@ -39,14 +39,22 @@ def assemble_row(examples: list[dict], seq_len: int, max_images: int, image_shap
     positions = np.zeros(seq_len, np.int32)
     images = np.zeros((max_images, *image_shape), np.uint8)
     image_mask = np.zeros(max_images, bool)
-    pos = img = 0
-    for seg, ex in enumerate(examples, start=1):
+    pos = img = seg = 0
+    for ex in examples:
         t, m, n = ex["tokens"], ex["label_mask"], len(ex["tokens"])
+        # an example of several sequences (its "sequence_ids": interleaved caption_sequences) gives each its
+        # own segment and positions, and no target across a boundary
+        sub = ex.get("sequence_ids")
+        first = np.zeros(n, bool) if sub is None else np.r_[False, sub[1:] != sub[:-1]]
+        first[0] = True
+        ids = seg + np.cumsum(first, dtype=np.int32)
+        idx = np.arange(n, dtype=np.int32)
         tokens[pos : pos + n] = t
         targets[pos : pos + n - 1] = t[1:]
-        loss_mask[pos : pos + n - 1] = m[1:]
-        segment_ids[pos : pos + n] = seg
-        positions[pos : pos + n] = np.arange(n, dtype=np.int32)
+        loss_mask[pos : pos + n - 1] = m[1:] & ~first[1:]
+        segment_ids[pos : pos + n] = ids
+        positions[pos : pos + n] = idx - np.maximum.accumulate(np.where(first, idx, 0))
+        seg = int(ids[-1])
         k = len(ex["images"])
         images[img : img + k] = ex["images"]
         image_mask[img : img + k] = True

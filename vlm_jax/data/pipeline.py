@@ -39,6 +39,9 @@ def default_encode(cfg: DataConfig, tokenizer=None) -> ex_lib.EncodeFn:
         tokenizer = load_tokenizer(cfg.tokenizer)
 
     def encode(conversations):
+        if isinstance(conversations, interleaved.Document) and conversations.captions:
+            enc, sequences = interleaved.encode_captions(conversations, tokenizer)
+            return enc.tokens, enc.label_mask, sequences
         if isinstance(conversations, interleaved.Document):
             enc = interleaved.encode_document(conversations, tokenizer, cfg.interleaved_loss)
         else:
@@ -138,6 +141,9 @@ class DataLoader:
         train = split == "train"
         if sources is None:
             sources = cfg.sources if train else cfg.eval_sources
+        if aligngpt is not None and aligngpt.enabled and any(s.caption_sequences for s in sources):
+            raise SourceError("caption_sequences: AlignGPT's indicator (model.aligngpt.enabled) needs one sequence "
+                              "per example")
         epoch = epoch_dataset(sources, shuffle=cfg.shuffle and train, seed=cfg.seed)
         num_epochs = cfg.num_epochs if train else 1
         records = _repeat_and_slice(epoch, num_epochs, process_index, process_count)

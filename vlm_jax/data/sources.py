@@ -38,6 +38,7 @@ class RawRecord:
     payload: Any  # dict (JSON list), bytes (JSONL line / ArrayRecord record)
     image_folder: str = ""
     source: str = ""  # source name (mixture component)
+    caption_sequences: bool = False  # DataSourceConfig.caption_sequences
 
 
 @dataclasses.dataclass
@@ -122,6 +123,8 @@ def parse_record(raw: RawRecord) -> Record:
     if interleaved.is_document(payload):  # MMC4-style document: `conversations` holds an interleaved.Document
         doc, names, embedded = interleaved.as_record_fields(payload, embedded)
         _check_text_of(payload, doc.sentences, "sentence")
+        if raw.caption_sequences:
+            doc = interleaved.as_captions(doc)
         return Record(payload.get("id"), doc, names, embedded)
     conv = payload.get("conversations")
     if not isinstance(conv, list) or not all(
@@ -288,4 +291,17 @@ def open_source(cfg: DataSourceConfig):
         src = cls(cfg.path, cfg.image_folder, name)
     else:
         raise SourceError(f"{cfg.path}: unknown data format {fmt!r} (llava_json | jsonl | array_record | tfds)")
-    return src
+    return _CaptionSequences(src) if cfg.caption_sequences else src
+
+
+class _CaptionSequences:
+    """A source whose records are read with caption_sequences (interleaved.as_captions)."""
+
+    def __init__(self, src):
+        self._src = src
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def __getitem__(self, i: int) -> RawRecord:
+        return dataclasses.replace(self._src[i], caption_sequences=True)
