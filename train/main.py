@@ -18,7 +18,8 @@ EPILOG = """examples:
   python -m train.main --config configs/llava15/llava15_7b_finetune.yaml --compile-only mesh.fsdp=8 mesh.data=1
   python -m train.main --config configs/llava15/recipe_7b.yaml          # stages in order, each resumable
 multi-host: auto-detected on TPU pods and SLURM, or pass --coordinator-address/--num-processes/--process-id.
-Rerunning the same command resumes from the newest good checkpoint in run_dir."""
+Rerunning the same command resumes from the newest good checkpoint in run_dir; a run_dir holding a run
+of another config is refused (exit 2) unless --start-over sets that run aside (<run_dir>/previous-<k>)."""
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -35,6 +36,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="with --compile-only: compile for this TPU slice on any host with libtpu's compiler "
                         "(v4-8, v5e-16, v5p-8, v5p-128, v6e-256, ...; pip install 'vlm-jax[tpu]')")
     p.add_argument("--json", action="store_true", help="with --compile-only: the plan as one JSON object, last line")
+    p.add_argument("--start-over", action="store_true",
+                   help="set aside what run_dir holds (checkpoints, metrics, config, final/ -> run_dir/previous-<k>) "
+                        "and train from step 0 (every stage of a recipe)")
     p.add_argument("--coordinator-address", help="host:port of process 0 (multi-host without auto-detection)")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
@@ -117,13 +121,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vlm_jax.data.errors import DataError
 
     for s in stages:
-        if s.name and stages_lib.stage_done(s):
+        if s.name and stages_lib.stage_done(s) and not args.start_over:
             print(f"stage {s.name}: done ({s.cfg.run_dir}/final exists), skipping", file=sys.stderr)
             continue
         if s.name:
             print(f"== stage {s.name} -> {s.cfg.run_dir}", file=sys.stderr)
         try:
-            summary = train(s.cfg)
+            summary = train(s.cfg, start_over=args.start_over)
         except NonFiniteLoss as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import yaml
 from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -33,7 +34,7 @@ from train import flops as flops_lib
 from train import metrics as metrics_lib
 from vlm_jax import checkpoint as ckpt_lib
 from vlm_jax import config_check, losses, optim, sharding
-from vlm_jax.config import Config, dump_yaml, to_dict
+from vlm_jax.config import Config, ConfigError, dump_yaml, to_dict
 from vlm_jax.models.vlm import VLM
 from vlm_jax.sharding import BATCH_AXES
 
@@ -45,8 +46,9 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def train(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
-    """Train one stage; returns a summary dict. Raises NonFiniteLoss for nan_policy=stop."""
+def train(cfg: Config, *, model=None, devices: Optional[list] = None, start_over: bool = False) -> dict:
+    """Train one stage; returns a summary dict. Raises NonFiniteLoss for nan_policy=stop, ConfigError when
+    run_dir holds a run of another config (`start_over`: set that run aside and train from step 0)."""
     # ------------------------------------------------------------------ devices and mesh
     devices = list(jax.devices() if devices is None else devices)
     config_check.check_devices(cfg, len(devices), jax.process_count())
@@ -56,16 +58,23 @@ def train(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
     pidx, pcount = jax.process_index(), jax.process_count()
     primary = pidx == 0
 
+    # ------------------------------------------------------------------ the run directory
+    if start_over:
+        aside = set_aside_run(cfg.run_dir)
+        if aside and primary:
+            print(f"set the earlier run aside as {aside}", file=sys.stderr)
+    check_run_dir(cfg)  # resume only what this config wrote: nothing is overwritten before this
+    cfg_dict = to_dict(cfg)
+    if primary:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        dump_yaml(cfg, os.path.join(cfg.run_dir, "config.yaml"))
+
     # ------------------------------------------------------------------ input
     loader = data_lib.make_loader(cfg, "train", gb, rows[0], rows[1], pidx, pcount)
     steps = total_steps(cfg, loader, log=lambda m: print(m, file=sys.stderr) if primary else None)
 
     # ------------------------------------------------------------------ model, optimizer and the update step
     ts = build_step(cfg, mesh, steps, model=model)
-    cfg_dict = to_dict(cfg)
-    if primary:
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        dump_yaml(cfg, os.path.join(cfg.run_dir, "config.yaml"))
 
     # ------------------------------------------------------------------ init or load
     ckpt = ckpt_lib.TrainCheckpointer(os.path.join(cfg.run_dir, "checkpoints"), cfg.train.checkpoint.keep,
@@ -181,6 +190,79 @@ def train(cfg: Config, *, model=None, devices: Optional[list] = None) -> dict:
         preempt.restore()
         ckpt.close()
         logger.close()
+
+
+# what a resumed run may change: where things are and how the run is watched, not what it trains
+RESUMABLE = ("run_dir", "name", "distributed", "mesh", "train.num_steps", "train.num_epochs", "train.init_from",
+             "train.checkpoint", "train.logging", "train.eval", "data.eval_sources", "data.num_workers",
+             "data.prefetch", "data.strict", "data.max_consecutive_skips")
+RESUMABLE_SOURCE_KEYS = ("path", "image_folder")  # data.sources[i].*: where the data is, not what it is
+RUN_ITEMS = ("checkpoints", "metrics.jsonl", "config.yaml", "tensorboard", "final")  # what a run writes
+
+
+def _flat_config(tree: Any, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat_config(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flat_config(sub, f"{prefix[:-1]}[{i}].").items()}
+    return {prefix[:-1]: tree}
+
+
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, leaving out what a resumed run may
+    change and keys only one of them has (a config written before the key existed)."""
+    a, b = _flat_config(old), _flat_config(new)
+
+    def resumable(key: str) -> bool:
+        if key.startswith("data.sources[") and key.rsplit(".", 1)[-1] in RESUMABLE_SOURCE_KEYS:
+            return True
+        return any(key == r or key.startswith(r + ".") or key.startswith(r + "[") for r in RESUMABLE)
+
+    return sorted(k for k in a.keys() & b.keys() if a[k] != b[k] and not resumable(k))
+
+
+def previous_config(run_dir: str) -> tuple[Optional[dict], str]:
+    """The config of the run in `run_dir` (its newest checkpoint's, else its config.yaml) and where it is."""
+    for step in reversed(ckpt_lib.checkpoint_steps(run_dir)):
+        step_dir = os.path.join(run_dir, "checkpoints", str(step))
+        try:
+            return ckpt_lib.step_config(step_dir), step_dir
+        except (OSError, ValueError):
+            continue  # unreadable: a corrupt checkpoint, set aside when restoring
+    path = os.path.join(run_dir, "config.yaml")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f), path
+    return None, ""
+
+
+def check_run_dir(cfg: Config) -> None:
+    """A run dir holding a run of another config is refused (ConfigError naming the keys), never overwritten."""
+    old, where = previous_config(cfg.run_dir)
+    if not isinstance(old, dict):
+        return
+    keys = changed_keys(old, to_dict(cfg))
+    if keys:
+        shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+        raise ConfigError(f"{cfg.run_dir} holds a run with another config ({where}): {shown} differ; rerun with that "
+                          "config to resume it, use another run_dir, or pass --start-over to set it aside")
+
+
+def set_aside_run(run_dir: str) -> Optional[str]:
+    """Move what a run wrote (checkpoints, metrics, config, events, final/) into `<run_dir>/previous-<k>`."""
+    items = [n for n in RUN_ITEMS if os.path.exists(os.path.join(run_dir, n))]
+    if not items:
+        return None
+    dst = ckpt_lib.free_name(os.path.join(run_dir, "previous"))
+    if jax.process_index() == 0:
+        os.makedirs(dst)
+        for name in items:
+            os.rename(os.path.join(run_dir, name), os.path.join(dst, name))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"vlm_jax_start_over:{run_dir}")
+    return dst
 
 
 def total_steps(cfg: Config, loader, log=print) -> int:

@@ -8,7 +8,9 @@ Training checkpoints, `<run_dir>/checkpoints/<step>/`:
   config/      JSON: the resolved run config
 Saves are async; Orbax writes into a temporary directory and renames it when complete, so an
 interrupted save never shows up as a step. On restore, a checkpoint whose files fail to load or
-whose arrays do not match the saved fingerprints is skipped (with a warning) for the previous one.
+whose arrays do not match the saved fingerprints is set aside (renamed `<step>.corrupt`, with a
+warning) for the previous one; nothing is deleted. One written by a different number of processes
+is not corrupt: restoring it raises CheckpointMismatch.
 
 Model checkpoint folder (what `convert` writes and `infer` reads; `<run_dir>/final` at the end
 of training):
@@ -35,7 +37,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint._src.handlers.json_checkpoint_handler import JsonCheckpointHandler
 
-from vlm_jax.config import ModelConfig, dump_yaml, load_model_config
+from vlm_jax.config import ConfigError, ModelConfig, dump_yaml, load_model_config
 
 MODEL_MARKER = "vlm_jax_model.json"
 MODEL_FORMAT = "vlm_jax.model"
@@ -114,6 +116,26 @@ class CorruptCheckpoint(RuntimeError):
     pass
 
 
+class CheckpointMismatch(ConfigError):
+    """A sound checkpoint this run cannot continue (e.g. written by another number of processes)."""
+
+
+def free_name(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ... : the first that does not exist."""
+    out, k = path, 1
+    while os.path.exists(out):
+        k += 1
+        out = f"{path}-{k}"
+    return out
+
+
+def _sync(tag: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(tag)
+
+
 class TrainCheckpointer:
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(directory)
@@ -186,18 +208,38 @@ class TrainCheckpointer:
             raise CorruptCheckpoint("optimizer state does not match its fingerprint")
         return state, out["data"]
 
+    def _check_processes(self, step: int) -> None:
+        data = os.path.join(self.directory, str(step), "data")
+        written = sorted(f for f in os.listdir(data) if f.startswith("process_")) if os.path.isdir(data) else []
+        mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if written and mine not in written:
+            raise CheckpointMismatch(f"checkpoint {self.directory}/{step} holds the data state of {written[0]} ..., "
+                                     f"not of {mine}: resume it with the number of processes that wrote it")
+
+    def set_aside(self, step: int) -> str:
+        """Rename a step's folder to `<step>.corrupt` (it is no longer a step); returns the new path."""
+        src = os.path.join(self.directory, str(step))
+        dst = free_name(src + ".corrupt")
+        if jax.process_index() == 0:
+            os.rename(src, dst)
+        _sync(f"vlm_jax_set_aside:{src}")
+        self.manager.reload()
+        return dst
+
     def restore_latest(self, abstract_state: dict) -> Optional[tuple[dict, Any]]:
-        """Newest loadable checkpoint as (state, data_state); corrupt newer ones are deleted."""
+        """Newest loadable checkpoint as (state, data_state); corrupt newer ones are set aside."""
         for step in reversed(self.all_steps()):
+            self._check_processes(step)
             try:
                 return self._restore_step(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any failure means "not loadable"
+                aside = self.set_aside(step)
                 warnings.warn(
                     f"checkpoint {self.directory}/{step} is unreadable or corrupt ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:200] if str(e) else ''}); deleting it and falling back to the previous one",
+                    f"{str(e).splitlines()[0][:200] if str(e) else ''}); set aside as {aside}, falling back to the "
+                    "previous one",
                     stacklevel=2,
                 )
-                self.manager.delete(step)
         return None
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
@@ -306,6 +348,18 @@ def tokenizer_dir(directory: str) -> Optional[str]:
     return path if os.path.isdir(path) else None
 
 
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """The steps of `<run_dir>/checkpoints/`, oldest first."""
+    folder = os.path.join(run_dir, "checkpoints")
+    return sorted(int(s) for s in os.listdir(folder) if s.isdigit()) if os.path.isdir(folder) else []
+
+
+def step_config(step_dir: str) -> dict:
+    """The resolved run config a training checkpoint `<run_dir>/checkpoints/<step>` was saved with."""
+    with open(os.path.join(step_dir, "config", "metadata"), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def load_params(path: str, abstract_params: Any = None) -> tuple[Any, ModelConfig]:
     """Params + model config from a model checkpoint folder, a run dir (its `final/` folder, else
     its newest training checkpoint), or a `checkpoints/<step>` folder."""
@@ -316,12 +370,10 @@ def load_params(path: str, abstract_params: Any = None) -> tuple[Any, ModelConfi
         return load_model_checkpoint(path, abstract_params)
     if is_model_checkpoint(os.path.join(path, "final")):
         return load_model_checkpoint(os.path.join(path, "final"), abstract_params)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        steps = sorted(int(s) for s in os.listdir(os.path.join(path, "checkpoints")) if s.isdigit())
-        if steps:
-            path = os.path.join(path, "checkpoints", str(steps[-1]))
+    steps = checkpoint_steps(path)
+    if steps:
+        path = os.path.join(path, "checkpoints", str(steps[-1]))
     if os.path.isdir(os.path.join(path, "params")) and os.path.isdir(os.path.join(path, "config")):
-        with open(os.path.join(path, "config", "metadata"), encoding="utf-8") as f:
-            cfg = from_dict(ModelConfig, json.load(f)["model"], prefix="model")
+        cfg = from_dict(ModelConfig, step_config(path)["model"], prefix="model")
         return _restore_tree(os.path.join(path, "params"), abstract_params), cfg
     raise FileNotFoundError(f"no vlm_jax checkpoint at {path}")

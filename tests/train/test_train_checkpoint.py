@@ -70,6 +70,16 @@ def test_corrupt_newest_falls_back_to_previous(setup, tmp_path, damage):
     assert data == {"index": 4} and int(state["step"]) == 4
     assert _same(state["params"], _state_at(setup, 4)["params"])
     assert mgr.all_steps() == [2, 4]
+    assert os.path.isdir(tmp_path / "6.corrupt")  # set aside, not deleted
+
+
+def test_checkpoint_of_another_process_count_is_refused_not_set_aside(setup, tmp_path):
+    _save_steps(setup, str(tmp_path), [2])
+    data = tmp_path / "2" / "data"
+    os.rename(data / "process_0-of-1.json", data / "process_1-of-2.json")  # as a two-process run writes it
+    with pytest.raises(ck.CheckpointMismatch, match="number of processes"):
+        ck.TrainCheckpointer(str(tmp_path)).restore_latest(setup.abstract_state)
+    assert ck.TrainCheckpointer(str(tmp_path)).all_steps() == [2]
 
 
 def test_model_checkpoint_folder_roundtrip(setup, tmp_path):

@@ -96,6 +96,42 @@ def test_usage_errors_exit_2_and_help():
 # ----------------------------------------------------------------------------- resume
 
 
+def _files(root) -> dict:
+    """Every file under root -> its bytes."""
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                out[os.path.relpath(os.path.join(d, n), root)] = f.read()
+    return out
+
+
+def test_rerun_with_another_config_keeps_the_run_and_exits_2(tmp_path):
+    """A run dir's checkpoints are not corrupt because the config changed: refuse, naming the keys, keep
+    everything; --start-over sets the run aside (renamed, nothing deleted) and trains from step 0."""
+    dir_ = str(tmp_path / "run")
+    path = write_config(tmp_path)
+    r = cli(["--config", path, f"run_dir={dir_}", "train.num_steps=4"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    before = _files(dir_)
+    assert "checkpoints/4/meta/metadata" in before and "metrics.jsonl" in before and "config.yaml" in before
+    for change, key in ((["model.decoder.num_layers=3"], "model.decoder.num_layers"),
+                        (["train.trainable=[projector]"], "train.trainable")):
+        r = cli(["--config", path, f"run_dir={dir_}", "train.num_steps=4", *change])
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), r.stderr[-3000:]
+        assert dir_ in err[0] and key in err[0], err
+        assert _files(dir_) == before  # every checkpoint, metrics.jsonl and config.yaml as they were
+
+    r = cli(["--config", path, f"run_dir={dir_}", "train.num_steps=4", "model.decoder.num_layers=3", "--start-over"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _files(os.path.join(dir_, "previous")) == before
+    assert sorted(os.listdir(os.path.join(dir_, "checkpoints"))) == ["2", "4"] and len(losses(dir_)) == 4
+    with open(os.path.join(dir_, "config.yaml")) as f:
+        assert yaml.safe_load(f)["model"]["decoder"]["num_layers"] == 3
+
+
+
 def test_kill_9_and_rerun_reproduces_losses_exactly(tmp_path):
     ref_dir, dir_ = str(tmp_path / "ref"), str(tmp_path / "killed")
     path = write_config(tmp_path)
