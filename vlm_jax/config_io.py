@@ -132,8 +132,10 @@ def load_yaml(path: str, _seen: Optional[set] = None) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     bases = data.pop("base", None)
@@ -143,6 +145,14 @@ def load_yaml(path: str, _seen: Optional[set] = None) -> dict:
     for b in [bases] if isinstance(bases, str) else bases:
         merged = deep_merge(merged, load_yaml(os.path.join(os.path.dirname(path), b), _seen))
     return deep_merge(merged, data)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: where and what (yaml's own message spans several lines with a snippet)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+    return where + (what or str(e).splitlines()[0])
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -84,6 +84,17 @@ def test_bad_config_one_line_exit_2(tmp_path, capsys, overrides, message):
     assert not os.path.exists(tmp_path / "run")  # nothing ran
 
 
+def test_bad_yaml_is_one_line_exit_2(tmp_path, capsys):
+    bad = {"unclosed.yaml": b"model: [1, 2\ntrain: {}\n", "tabs.yaml": b"model:\n\t- x\n",
+           "latin1.yaml": "name: caf\u00e9\n".encode("latin-1")}
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+        assert main(["--config", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and name in err[0], err
+        assert ("not UTF-8" if name == "latin1.yaml" else "invalid YAML: line ") in err[0], err
+
+
 def test_usage_errors_exit_2_and_help():
     r = cli(["--config", "/no/such/config.yaml"])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "config file not found" in r.stderr
