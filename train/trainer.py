@@ -353,14 +353,15 @@ def replace_params(state: dict, params: Any) -> tuple[dict, list[str]]:
     for k, v in cur.items():
         if k in new:
             if tuple(new[k].shape) != tuple(v.shape):
-                raise ValueError(f"init_from: {k} has shape {tuple(new[k].shape)}, the model expects {tuple(v.shape)}")
+                raise ConfigError(f"train.init_from: {k} has shape {tuple(new[k].shape)}, the model expects "
+                                  f"{tuple(v.shape)} (a checkpoint of another model config)")
             out[k] = jax.device_put(new[k], v.sharding).astype(v.dtype)
         else:
             kept.append(k)
             out[k] = v
     extra = sorted(set(new) - set(cur))
     if extra:
-        raise ValueError(f"init_from: checkpoint has {len(extra)} params the model lacks, e.g. {extra[0]}")
+        raise ConfigError(f"train.init_from: the checkpoint has {len(extra)} params the model lacks, e.g. {extra[0]}")
     return {**state, "params": traverse_util.unflatten_dict(out, sep="/")}, kept
 
 

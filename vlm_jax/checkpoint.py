@@ -22,8 +22,10 @@ of training):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -267,20 +269,34 @@ def _restore_tree(path: str, abstract: Any = None) -> Any:
     from flax import traverse_util
 
     ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(path)
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
-    want = traverse_util.flatten_dict(abstract, sep="/") if abstract is not None else {}
-    flat_meta = traverse_util.flatten_dict(tree, sep="/")
-    args = {}
-    for k, m in flat_meta.items():
-        a = want.get(k)
-        if a is not None and tuple(a.shape) == tuple(m.shape) and getattr(a, "sharding", None) is not None:
-            args[k] = ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=tuple(a.shape), dtype=a.dtype)
-        else:
-            args[k] = ocp.RestoreArgs(restore_type=np.ndarray)
-    restore_args = traverse_util.unflatten_dict(args, sep="/")
-    return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=None, restore_args=restore_args))
+    with _no_step_metadata_warning():
+        meta = ckptr.metadata(path)
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        want = traverse_util.flatten_dict(abstract, sep="/") if abstract is not None else {}
+        flat_meta = traverse_util.flatten_dict(tree, sep="/")
+        args = {}
+        for k, m in flat_meta.items():
+            a = want.get(k)
+            if a is not None and tuple(a.shape) == tuple(m.shape) and getattr(a, "sharding", None) is not None:
+                args[k] = ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=tuple(a.shape), dtype=a.dtype)
+            else:
+                args[k] = ocp.RestoreArgs(restore_type=np.ndarray)
+        restore_args = traverse_util.unflatten_dict(args, sep="/")
+        return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=None, restore_args=restore_args))
+
+
+@contextlib.contextmanager
+def _no_step_metadata_warning():
+    """Orbax warns that `<step>/params/` has no _CHECKPOINT_METADATA: its step folder holds it."""
+    quiet = logging.Filter()
+    quiet.filter = lambda record: "_CHECKPOINT_METADATA" not in record.getMessage()
+    logger = logging.getLogger("absl")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def save_model_checkpoint(

@@ -8,6 +8,7 @@ masks each inner transform, frozen leaves carry no optimizer state.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -57,6 +58,17 @@ def check_optimizer(cfg: OptimizerConfig, trainable: list[str]) -> None:
             raise ConfigError(f"train.optimizer.group_lr: unknown group {g!r} (known: {', '.join(GROUPS)})")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"train.optimizer.schedule: unknown {cfg.schedule!r} ({' | '.join(SCHEDULES)})")
+    rates = {"learning_rate": cfg.learning_rate, **{f"group_lr.{g}": v for g, v in cfg.group_lr.items()}}
+    for key, v in rates.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"train.optimizer.{key}: must be a finite number >= 0, got {v!r}")
+    for key, v, lo, hi in (("warmup_ratio", cfg.warmup_ratio, 0, 1), ("min_lr_ratio", cfg.min_lr_ratio, 0, 1),
+                           ("b1", cfg.b1, 0, 1), ("b2", cfg.b2, 0, 1)):
+        if not lo <= v <= hi:
+            raise ConfigError(f"train.optimizer.{key}: must be in [{lo}, {hi}], got {v}")
+    if not cfg.eps > 0 or not 0 <= cfg.weight_decay < math.inf or math.isnan(cfg.max_grad_norm):
+        raise ConfigError("train.optimizer: need eps > 0, a finite weight_decay >= 0 and a max_grad_norm that is a "
+                          f"number (got eps={cfg.eps}, weight_decay={cfg.weight_decay}, max_grad_norm={cfg.max_grad_norm})")
 
 
 def param_labels(params: Any, trainable: list[str]) -> Any:

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,6 +76,12 @@ def losses(run_dir) -> list[float]:
     (["train.fake_data.enabled=false", "data.sources=[{path: /no/such/data.json}]"], "data file not found"),
     (["train.nan_policy=ignore"], "train.nan_policy"),
     (["model.vision.position_init=rope"], "model.vision.position_init must be one of normal, sincos2d"),
+    (["data.too_long=foo"], "data.too_long"),
+    (["model.projector.type=foo"], "unknown projector type 'foo'"),
+    (["data.max_images=-1"], "data.max_images"),
+    (["train.optimizer.learning_rate=-1.0"], "train.optimizer.learning_rate"),
+    (["train.optimizer.learning_rate=.nan"], "train.optimizer.learning_rate"),
+    (["train.optimizer.group_lr={projector: -2.0e-5}"], "train.optimizer.group_lr.projector"),
 ])
 def test_bad_config_one_line_exit_2(tmp_path, capsys, overrides, message):
     path = write_config(tmp_path, run_dir=str(tmp_path / "run"))
@@ -117,21 +124,28 @@ def _files(root) -> dict:
     return out
 
 
-def test_rerun_with_another_config_keeps_the_run_and_exits_2(tmp_path):
-    """A run dir's checkpoints are not corrupt because the config changed: refuse, naming the keys, keep
-    everything; --start-over sets the run aside (renamed, nothing deleted) and trains from step 0."""
-    dir_ = str(tmp_path / "run")
-    path = write_config(tmp_path)
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> tuple[str, str]:
+    """(config path, run dir) of one finished 4-step run, shared read-only: copy it to change it."""
+    tmp = tmp_path_factory.mktemp("first_run")
+    path, dir_ = write_config(tmp), str(tmp / "run")
     r = cli(["--config", path, f"run_dir={dir_}", "train.num_steps=4"])
     assert r.returncode == 0, r.stderr[-3000:]
+    return path, dir_
+
+
+def test_rerun_with_another_config_keeps_the_run_and_exits_2(first_run, tmp_path, capsys):
+    """A run dir's checkpoints are not corrupt because the config changed: refuse, naming the run dir and
+    the keys, keep everything; --start-over sets the run aside (renamed, nothing deleted), trains from 0."""
+    path, dir_ = first_run[0], str(tmp_path / "run")
+    shutil.copytree(first_run[1], dir_)
     before = _files(dir_)
     assert "checkpoints/4/meta/metadata" in before and "metrics.jsonl" in before and "config.yaml" in before
     for change, key in ((["model.decoder.num_layers=3"], "model.decoder.num_layers"),
                         (["train.trainable=[projector]"], "train.trainable")):
-        r = cli(["--config", path, f"run_dir={dir_}", "train.num_steps=4", *change])
-        err = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), r.stderr[-3000:]
-        assert dir_ in err[0] and key in err[0], err
+        assert main(["--config", path, f"run_dir={dir_}", "train.num_steps=4", *change]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and dir_ in err[0] and key in err[0], err
         assert _files(dir_) == before  # every checkpoint, metrics.jsonl and config.yaml as they were
 
     r = cli(["--config", path, f"run_dir={dir_}", "train.num_steps=4", "model.decoder.num_layers=3", "--start-over"])
@@ -141,6 +155,13 @@ def test_rerun_with_another_config_keeps_the_run_and_exits_2(tmp_path):
     with open(os.path.join(dir_, "config.yaml")) as f:
         assert yaml.safe_load(f)["model"]["decoder"]["num_layers"] == 3
 
+
+def test_init_from_another_model_is_one_line_exit_2(first_run, tmp_path):
+    path, first = first_run
+    r = cli(["--config", path, f"run_dir={tmp_path / 'second'}", f"train.init_from={first}",
+             "model.decoder.intermediate_size=96"])
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "train.init_from: " in err[0] and "shape" in err[0], r.stderr[-3000:]
 
 
 def test_kill_9_and_rerun_reproduces_losses_exactly(tmp_path):

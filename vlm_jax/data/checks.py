@@ -26,6 +26,8 @@ def check_sources(sources: Sequence[DataSourceConfig], key: str) -> None:
 
 def check_data(d: DataConfig, layout: Optional[ImageLayout] = None) -> None:
     """`layout`: the model's image layout, when known; an explicit tiling must give its K crops."""
+    if d.max_images < 0:
+        raise ConfigError(f"data.max_images: must be >= 0 (0 = text only), got {d.max_images}")
     _one_of("data.too_long", d.too_long, TOO_LONG_MODES)
     _one_of("data.interleaved_loss", d.interleaved_loss, interleaved.LOSS_MODES)
     _one_of("data.image_budget_order", d.image_budget_order, interleaved.BUDGET_ORDERS)
