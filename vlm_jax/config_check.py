@@ -17,6 +17,7 @@ from vlm_jax.data.checks import check_data
 from vlm_jax.image_layout import ImageLayout, image_layout
 from vlm_jax.models.vit import check_position_init
 from vlm_jax.sharding import mesh_shape
+from vlm_jax.tokenizer import load_tokenizer
 
 NAN_POLICIES = ("stop", "skip")  # train.nan_policy
 
@@ -31,6 +32,10 @@ def check(cfg: Config, *, need_files: bool = True, previous_stage: bool = False)
         raise ConfigError(f"model.{e}") from None
     check_data(cfg.data, layout)
     check_train(cfg.train)
+    d = cfg.model.decoder
+    if cfg.model.image_token_id >= d.vocab_size:
+        raise ConfigError(f"model.image_token_id: {cfg.model.image_token_id} is outside the vocabulary "
+                          f"(model.decoder.vocab_size {d.vocab_size}); a negative id is a sentinel outside it")
     optim.check_optimizer(cfg.train.optimizer, cfg.train.trainable)
     if "lora" in cfg.train.trainable and cfg.model.lora.rank <= 0:
         raise ConfigError("train.trainable: lora needs model.lora.rank > 0")
@@ -82,6 +87,19 @@ def check_files(cfg: Config, previous_stage: bool = False) -> None:
                 raise ConfigError(f"data.{kind}[{i}].image_folder: not a directory: {src.image_folder!r}")
     if cfg.data.tokenizer and not _exists(cfg.data.tokenizer):
         raise ConfigError(f"data.tokenizer: not found: {cfg.data.tokenizer!r}")
+    if cfg.data.tokenizer:
+        check_vocabulary(cfg)
+
+
+def check_vocabulary(cfg: Config) -> None:
+    """Every id the tokenizer can produce must have an embedding row."""
+    try:
+        tok = load_tokenizer(cfg.data.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.tokenizer: cannot load {cfg.data.tokenizer!r}: {e}") from None
+    if tok.vocab_size > cfg.model.decoder.vocab_size:
+        raise ConfigError(f"model.decoder.vocab_size: {cfg.model.decoder.vocab_size} is smaller than the tokenizer's "
+                          f"{tok.vocab_size} tokens ({cfg.data.tokenizer}): its ids past the embedding would train")
 
 
 def check_devices(cfg: Config, num_devices: int, process_count: int) -> tuple[int, int, int]:

@@ -82,6 +82,7 @@ def losses(run_dir) -> list[float]:
     (["train.optimizer.learning_rate=-1.0"], "train.optimizer.learning_rate"),
     (["train.optimizer.learning_rate=.nan"], "train.optimizer.learning_rate"),
     (["train.optimizer.group_lr={projector: -2.0e-5}"], "train.optimizer.group_lr.projector"),
+    (["model.image_token_id=500"], "model.image_token_id"),
 ])
 def test_bad_config_one_line_exit_2(tmp_path, capsys, overrides, message):
     path = write_config(tmp_path, run_dir=str(tmp_path / "run"))
@@ -274,6 +275,20 @@ def write_real_data_config(tmp_path, train_records, eval_records=None, **data) -
         write_json(str(tmp_path / "eval.json"), eval_records)
         data["eval_sources"] = [src("eval.json")]
     return write_config(tmp_path, data=data)
+
+
+REAL = ["train.fake_data.enabled=false", "model.decoder.vocab_size=768", "train.num_steps=2"]
+BAD = {"id": 0, "conversations": "nope"}  # a malformed record
+
+
+def test_vocab_smaller_than_the_tokenizer_is_refused(tmp_path, capsys):
+    from tests.helpers.data import make_records
+
+    path = write_real_data_config(tmp_path, make_records(4), seq_len=64)
+    assert main(["--config", path, f"run_dir={tmp_path / 'run'}", *REAL, "model.decoder.vocab_size=100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.decoder.vocab_size: 100 is smaller than the tokenizer's 700 tokens" in err[0], err
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_real_data_pipeline_with_eval_and_final_export(tmp_path):
