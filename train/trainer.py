@@ -35,6 +35,7 @@ from train import metrics as metrics_lib
 from vlm_jax import checkpoint as ckpt_lib
 from vlm_jax import config_check, losses, optim, sharding
 from vlm_jax.config import Config, ConfigError, dump_yaml, to_dict
+from vlm_jax.data.errors import describe_skips
 from vlm_jax.models.vlm import VLM
 from vlm_jax.sharding import BATCH_AXES
 
@@ -132,17 +133,25 @@ def train(cfg: Config, *, model=None, devices: Optional[list] = None, start_over
         # The next batch is read while the device runs the current step (dispatch is asynchronous),
         # so `data_state` / `next_data_state` are the loader states before / after the running batch.
         next_data_state = loader.get_state()
-        local = next(loader, None)
+        local = preempt.read(loader)
         while step < steps:
             data_state = next_data_state
             if local is None:
-                log(f"training data exhausted after {step} steps")
+                if preempt.requested:  # SIGTERM while the next batch was being read
+                    ckpt.save(state, data_state, cfg_dict)
+                    ckpt.wait()
+                    log(f"SIGTERM: saved checkpoint {step}, exiting")
+                    summary.update(preempted=True, step=step)
+                    return summary
+                stats = loader.stats()
+                log(f"training data exhausted after {step} steps; {stats.get('skipped_examples', 0)} examples skipped "
+                    f"({describe_skips(stats.get('skipped_by_reason', {}))})")
                 break
             batch = sharding.global_batch(local, mesh, gb)
             state, m = compiled(state, batch)
             skipped = int(loader.stats().get("skipped_examples", 0))  # through this batch, before the next read
             next_data_state = loader.get_state()
-            local = next(loader, None) if step + 1 < steps else None
+            local = preempt.read(loader) if step + 1 < steps and not preempt.requested else None
             m = jax.device_get(m)
             now = time.time()
             dt, last = now - last, now
@@ -292,15 +301,35 @@ def total_steps(cfg: Config, loader, log=print) -> int:
     return steps
 
 
+class _Preempted(Exception):
+    pass
+
+
 class _Preemption:
-    """SIGTERM sets `requested`; the loop saves a checkpoint after the running step and exits 0."""
+    """SIGTERM sets `requested`; the loop saves a checkpoint after the running step and exits 0. One that
+    comes while the loop waits for data (a slow or skipping loader) ends the wait: `read` returns None."""
 
     def __init__(self):
         self.requested = False
+        self._reading = False
         self._old = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
+        if self._reading:
+            raise _Preempted
+
+    def read(self, loader) -> Optional[dict]:
+        """The next batch, or None at the end of the data or on SIGTERM."""
+        if self.requested:
+            return None
+        self._reading = True
+        try:
+            return next(loader, None)
+        except _Preempted:
+            return None
+        finally:
+            self._reading = False
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._old)

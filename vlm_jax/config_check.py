@@ -36,6 +36,10 @@ def check(cfg: Config, *, need_files: bool = True, previous_stage: bool = False)
     if cfg.model.image_token_id >= d.vocab_size:
         raise ConfigError(f"model.image_token_id: {cfg.model.image_token_id} is outside the vocabulary "
                           f"(model.decoder.vocab_size {d.vocab_size}); a negative id is a sentinel outside it")
+    f = cfg.train.fake_data
+    if f.enabled and f.seq_len < max(2 * f.segments_per_row, layout.tokens_per_image + 3 if f.max_images else 2):
+        raise ConfigError(f"train.fake_data.seq_len: {f.seq_len} is too short for {f.segments_per_row} segments and "
+                          f"an image of {layout.tokens_per_image} placeholders")
     optim.check_optimizer(cfg.train.optimizer, cfg.train.trainable)
     if "lora" in cfg.train.trainable and cfg.model.lora.rank <= 0:
         raise ConfigError("train.trainable: lora needs model.lora.rank > 0")

@@ -76,6 +76,10 @@ def losses(run_dir) -> list[float]:
     (["train.fake_data.enabled=false", "data.sources=[{path: /no/such/data.json}]"], "data file not found"),
     (["train.nan_policy=ignore"], "train.nan_policy"),
     (["model.vision.position_init=rope"], "model.vision.position_init must be one of normal, sincos2d"),
+    (["data.template=bogus"], "data.template: unknown 'bogus'"),
+    (["data.seq_len=0"], "data.seq_len: must be >= 2"),
+    (["data.seq_len=3"], "data.seq_len: 3 cannot hold an image"),
+    (["train.fake_data.seq_len=3"], "train.fake_data.seq_len: 3 is too short"),
     (["data.too_long=foo"], "data.too_long"),
     (["model.projector.type=foo"], "unknown projector type 'foo'"),
     (["data.max_images=-1"], "data.max_images"),
@@ -289,6 +293,35 @@ def test_vocab_smaller_than_the_tokenizer_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.decoder.vocab_size: 100 is smaller than the tokenizer's 700 tokens" in err[0], err
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_one_epoch_of_bad_records_ends_with_the_skip_counts(tmp_path):
+    path = write_real_data_config(tmp_path, [{**BAD, "id": i} for i in range(30)], seq_len=64)
+    r = cli(["--config", path, f"run_dir={tmp_path / 'run'}", *REAL, "data.num_epochs=1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exhausted after 0 steps; 30 examples skipped (malformed_record: 30)" in r.stderr, r.stderr[-3000:]
+
+
+def test_sigterm_while_the_loader_skips_saves_and_exits_0(tmp_path):
+    """SIGTERM while the loader is still looking for a usable example (here: 200k bad records, a minute of
+    skipping) is honoured at once: the state is saved and the run exits 0."""
+    path = write_real_data_config(tmp_path, [{**BAD, "id": i} for i in range(200_000)], seq_len=64, num_workers=1)
+    dir_ = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "train.main", "--config", path, f"run_dir={dir_}", *REAL,
+                             "data.max_consecutive_skips=1000000000"], cwd=ROOT, env=env(1),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = []
+    for line in proc.stderr:  # the loop starts reading right after the compile
+        err.append(line)
+        if "compiled the train step" in line:
+            break
+    time.sleep(2)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "SIGTERM" in rest, "".join(err) + rest[-3000:]
+    assert time.time() - sent < 30
+    assert os.listdir(dir_ / "checkpoints") == ["0"]
 
 
 def test_real_data_pipeline_with_eval_and_final_export(tmp_path):

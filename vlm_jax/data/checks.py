@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from vlm_jax.config import ConfigError, DataConfig, DataSourceConfig
-from vlm_jax.data import images, interleaved
+from vlm_jax.data import images, interleaved, templates
 from vlm_jax.data.examples import TOO_LONG_MODES
 from vlm_jax.image_layout import ImageLayout, crops_for_tiling
 
@@ -25,9 +25,19 @@ def check_sources(sources: Sequence[DataSourceConfig], key: str) -> None:
 
 
 def check_data(d: DataConfig, layout: Optional[ImageLayout] = None) -> None:
-    """`layout`: the model's image layout, when known; an explicit tiling must give its K crops."""
+    """`layout`: the model's image layout, when known; an explicit tiling must give its K crops, and
+    seq_len must hold one image (its N placeholders) and a token to learn."""
+    try:
+        templates.get_template(d.template)
+    except KeyError:
+        raise ConfigError(f"data.template: unknown {d.template!r} (known: {', '.join(templates.names())})") from None
+    if d.seq_len < 2:
+        raise ConfigError(f"data.seq_len: must be >= 2 (a token and the next one to learn), got {d.seq_len}")
     if d.max_images < 0:
         raise ConfigError(f"data.max_images: must be >= 0 (0 = text only), got {d.max_images}")
+    if layout is not None and d.max_images > 0 and d.seq_len < layout.tokens_per_image + 2:
+        raise ConfigError(f"data.seq_len: {d.seq_len} cannot hold an image ({layout.tokens_per_image} placeholders) "
+                          "with text; raise it, or set data.max_images=0 for text-only data")
     _one_of("data.too_long", d.too_long, TOO_LONG_MODES)
     _one_of("data.interleaved_loss", d.interleaved_loss, interleaved.LOSS_MODES)
     _one_of("data.image_budget_order", d.image_budget_order, interleaved.BUDGET_ORDERS)

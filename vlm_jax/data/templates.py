@@ -164,6 +164,11 @@ _ALIASES = {"v1": "vicuna_v1", "llava_v1": "vicuna_v1", "llama_2": "llava_llama_
             "qwen": "chatml", "qwen_2": "chatml", "llama3": "llama_3"}
 
 
+def names() -> list[str]:
+    """Template names and their aliases (the names the original projects use)."""
+    return sorted({*TEMPLATES, *_ALIASES})
+
+
 def get_template(name: str | Template) -> Template:
     if isinstance(name, Template):
         return name
