@@ -1,12 +1,15 @@
 """Train-step benchmark: ours vs HF LlavaForConditionalGeneration + torch AdamW on this CPU.
 
-    python -m bench.train_step [--steps 3] [--batch 4] [--seq 1024] [--quick]
+    python -m bench.train_step [--steps 3] [--batch 4] [--seq 1024] [--quick] [--device cpu|auto]
 
 Prints raw tokens/s of both and the ratio; supervised tokens/s on a LLaVA-mix-like length
 distribution with our packing vs HF padding (random batches and LLaVA's
 group_by_modality_length), from step times measured at several padded lengths; and the FLOPs of
 our compiled step (XLA cost analysis, layers unrolled so it counts them all) next to the analytic
-count. The last line is one JSON object.
+count. `--device auto` times ours alone on JAX's default backend (a TPU or GPU when present; bf16
+compute and `model.attention=auto` there, i.e. the splash / flash_gpu kernels) and prints tokens/s,
+MFU against the chip's peak (train/metrics.py's table) and the attention backend. The last line is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ def parse(argv=None):
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--examples", type=int, default=4000, help="examples of the length mix")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    p.add_argument("--device", choices=("cpu", "auto"), default="cpu",
+                   help="cpu: ours vs HF PyTorch on this CPU; auto: ours alone on the default JAX backend "
+                        "(tokens/s, MFU, attention backend)")
     return p.parse_args(argv)
 
 
@@ -87,8 +93,45 @@ def time_ours(mcfg, batch: int, seq: int, steps: int) -> dict:
         state, m = compiled(state, b)
     jax.block_until_ready(m)
     dt = (time.time() - t0) / steps
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        from vlm_jax.models.attention import resolve_impl
+
+        attention = resolve_impl(mcfg.attention)
     return {"step_s": dt, "compile_s": compile_s, "xla_flops": float(ca.get("flops", 0.0)),
-            "params": optim.count_params(ts.abstract_state["params"]), "loss": float(m["loss"])}
+            "params": optim.count_params(ts.abstract_state["params"]), "loss": float(np.asarray(m["loss"])),
+            "attention": attention,
+            "device_kind": jax.devices()[0].device_kind}
+
+
+def accelerator_main(args) -> int:
+    """--device auto: ours alone on the default backend, tokens/s and MFU."""
+    import dataclasses
+
+    import jax
+
+    from train.flops import step_flops
+    from train.metrics import peak_flops
+    from vlm_jax.image_layout import image_layout
+
+    mcfg = model_config(args.quick)
+    accel = jax.default_backend() != "cpu"
+    mcfg = dataclasses.replace(mcfg, attention="auto", dtype="bfloat16" if accel else "float32")
+    seq, batch = (64, 2) if args.quick else (args.seq, args.batch)
+    ours = time_ours(mcfg, batch, seq, args.steps)
+    flops = step_flops(mcfg, ["vision", "projector", "decoder"], batch * seq, batch, seq)
+    peak = peak_flops(ours["device_kind"])
+    tps = batch * seq / ours["step_s"]
+    mfu = flops / ours["step_s"] / peak if peak else None
+    print(f"{ours['device_kind']} ({jax.default_backend()}), attention {ours['attention']}, {mcfg.dtype}: "
+          f"{tps:,.0f} tokens/s, step {ours['step_s'] * 1e3:.1f} ms, "
+          + (f"MFU {100 * mfu:.1f}% of {peak / 1e12:.0f} TFLOP/s" if mfu else "MFU: no peak known for this device"),
+          file=sys.stderr)
+    print(json.dumps({"device_kind": ours["device_kind"], "backend": jax.default_backend(),
+                      "attention": ours["attention"], "dtype": mcfg.dtype, "tokens_per_second": tps,
+                      "step_seconds": ours["step_s"], "mfu": mfu, "analytic_flops_per_step": flops,
+                      "peak_flops_per_device": peak, "compile_seconds": ours["compile_s"],
+                      "tokens_per_image": image_layout(mcfg).tokens_per_image}))
+    return 0
 
 
 def hf_model(mcfg):
@@ -180,6 +223,8 @@ def padded_batches(examples, batch: int, grouped: bool, seed: int = 0, world: in
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.device == "auto":
+        return accelerator_main(args)
     import jax
     import torch
 

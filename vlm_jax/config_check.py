@@ -15,6 +15,7 @@ from vlm_jax import optim
 from vlm_jax.config import Config, ConfigError, TrainConfig
 from vlm_jax.data.checks import check_data
 from vlm_jax.image_layout import ImageLayout, image_layout
+from vlm_jax.models.attention import ATTENTION_IMPLS
 from vlm_jax.models.vit import check_position_init
 from vlm_jax.sharding import mesh_shape
 from vlm_jax.tokenizer import load_tokenizer
@@ -43,6 +44,7 @@ def check(cfg: Config, *, need_files: bool = True, previous_stage: bool = False)
     optim.check_optimizer(cfg.train.optimizer, cfg.train.trainable)
     if "lora" in cfg.train.trainable and cfg.model.lora.rank <= 0:
         raise ConfigError("train.trainable: lora needs model.lora.rank > 0")
+    check_attention(cfg)
     if need_files:
         check_files(cfg, previous_stage)
 
@@ -52,6 +54,14 @@ def model_layout(cfg: Config) -> ImageLayout:
         return image_layout(cfg.model)
     except ValueError as e:
         raise ConfigError(f"model.projector: {e}") from None
+
+
+def check_attention(cfg: Config) -> None:
+    if cfg.model.attention not in ATTENTION_IMPLS:
+        raise ConfigError(f"model.attention: unknown {cfg.model.attention!r} (known: {', '.join(ATTENTION_IMPLS)})")
+    for name, v in vars(cfg.model.attention_blocks).items():
+        if v < 0:
+            raise ConfigError(f"model.attention_blocks.{name}: must be >= 0 (0 = the kernel's default), got {v}")
 
 
 def check_train(t: TrainConfig) -> None:

@@ -59,6 +59,12 @@ def test_unknown_slice_and_missing_compiler_are_usage_errors(tmp_path, capsys, m
     assert "go with --compile-only" in capsys.readouterr().err
 
 
+def test_unknown_attention_fails_before_compiling(tmp_path, capsys):
+    assert main(["--config", write(tmp_path), "--compile-only", "model.attention=flash"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.attention: unknown 'flash'" in err and "splash" in err
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not topologies.libtpu_available(), reason="needs libtpu: pip install 'vlm-jax[tpu]'")
 def test_tiny_vlm_compiles_for_v5e_with_the_splash_kernel(tmp_path):
