@@ -90,9 +90,10 @@ def maxtext_plan(exe: str, topology: str, rows: int, seq: int, scan: bool, layer
 
 
 def our_plan(topology: str, overrides: list[str], estimate: bool = True) -> dict:
-    from train import compile_only, run_config
+    from train import compile_only
+    from vlm_jax.config import Config, load
 
-    cfg = run_config.load_config(SFT, overrides)
+    cfg = load(Config, SFT, overrides)
     lines: list[str] = []
     report = compile_only.plan(cfg, topology=topology, estimate=estimate, out=lines.append)
     print("\n".join(lines), file=sys.stderr)
