@@ -19,7 +19,7 @@ EPILOG = """examples:
   python -m train.main --config configs/llava15/recipe_7b.yaml          # stages in order, each resumable
 multi-host: auto-detected on TPU pods and SLURM, or pass --coordinator-address/--num-processes/--process-id.
 Rerunning the same command resumes from the newest good checkpoint in run_dir; a run_dir holding a run
-of another config is refused (exit 2) unless --start-over sets that run aside (<run_dir>/previous-<k>)."""
+of another config is refused (exit 2) unless --start-over sets that run aside (<run_dir>/previous, previous-2, ...)."""
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -37,7 +37,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                         "(v4-8, v5e-16, v5p-8, v5p-128, v6e-256, ...; pip install 'vlm-jax[tpu]')")
     p.add_argument("--json", action="store_true", help="with --compile-only: the plan as one JSON object, last line")
     p.add_argument("--start-over", action="store_true",
-                   help="set aside what run_dir holds (checkpoints, metrics, config, final/ -> run_dir/previous-<k>) "
+                   help="set aside what run_dir holds (checkpoints, metrics, config, final/ -> run_dir/previous, "
+                        "previous-2, ...) "
                         "and train from step 0 (every stage of a recipe)")
     p.add_argument("--coordinator-address", help="host:port of process 0 (multi-host without auto-detection)")
     p.add_argument("--num-processes", type=int)

@@ -258,7 +258,8 @@ def check_run_dir(cfg: Config) -> None:
 
 
 def set_aside_run(run_dir: str) -> Optional[str]:
-    """Move what a run wrote (checkpoints, metrics, config, events, final/) into `<run_dir>/previous-<k>`."""
+    """Move what a run wrote (checkpoints, metrics, config, events, final/) into `<run_dir>/previous`
+    (`previous-2`, ... when taken)."""
     items = [n for n in RUN_ITEMS if os.path.exists(os.path.join(run_dir, n))]
     if not items:
         return None

@@ -151,7 +151,7 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     """One line: where and what (yaml's own message spans several lines with a snippet)."""
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+    what = ": ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
     return where + (what or str(e).splitlines()[0])
 
 
