@@ -150,6 +150,16 @@ def plan(cfg: Config, *, model=None, devices: Optional[list] = None, device_memo
     return report
 
 
+def plan_stages(stages: list, **kw) -> list[dict]:
+    """`plan(stage.cfg, **kw)` for a run config or every stage of a recipe, each stage named first."""
+    reports = []
+    for s in stages:
+        if s.name:
+            print(f"== stage {s.name}")
+        reports.append(plan(s.cfg, **kw))
+    return reports
+
+
 def json_line(stages: list, reports: list[dict]) -> str:
     """One JSON object: the plan of a run config, or of a recipe's stage with the largest HBM need
     (with every stage's plan under `stages`)."""
@@ -167,11 +177,7 @@ def run_on_topology(stages: list, topology: str, as_json: bool = False) -> int:
     devices = topologies.compile_devices(topology)
     for s in stages:
         config_check.check_devices(s.cfg, len(devices), 1)
-    reports = []
-    for s in stages:
-        if s.name:
-            print(f"== stage {s.name}")
-        reports.append(plan(s.cfg, devices=devices, topology=topology))
+    reports = plan_stages(stages, devices=devices, topology=topology)
     for s, r in zip(stages, reports):
         if not r["fits"]:
             where = f"stage {s.name}: " if s.name else ""

@@ -109,11 +109,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.compile_only:
         from train import compile_only
 
-        reports = []
-        for s in stages:
-            if s.name:
-                print(f"== stage {s.name}")
-            reports.append(compile_only.plan(s.cfg, device_memory_gb=args.device_memory_gb))
+        reports = compile_only.plan_stages(stages, device_memory_gb=args.device_memory_gb)
         if args.json:
             print(compile_only.json_line(stages, reports))
         return 0

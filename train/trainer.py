@@ -129,6 +129,15 @@ def train(cfg: Config, *, model=None, devices: Optional[list] = None, start_over
     step = start
     summary: dict[str, Any] = {"start_step": start}
     last = time.time()
+
+    def stop_for_sigterm() -> dict:
+        """Save the state after `step` with the data position before the batch not yet trained on."""
+        ckpt.save(state, next_data_state, cfg_dict)
+        ckpt.wait()
+        log(f"SIGTERM: saved checkpoint {step}, exiting")
+        summary.update(preempted=True, step=step)
+        return summary
+
     try:
         # The next batch is read while the device runs the current step (dispatch is asynchronous),
         # so `data_state` / `next_data_state` are the loader states before / after the running batch.
@@ -137,12 +146,8 @@ def train(cfg: Config, *, model=None, devices: Optional[list] = None, start_over
         while step < steps:
             data_state = next_data_state
             if local is None:
-                if preempt.requested:  # SIGTERM while the next batch was being read
-                    ckpt.save(state, data_state, cfg_dict)
-                    ckpt.wait()
-                    log(f"SIGTERM: saved checkpoint {step}, exiting")
-                    summary.update(preempted=True, step=step)
-                    return summary
+                if preempt.requested:  # SIGTERM during the first read
+                    return stop_for_sigterm()
                 stats = loader.stats()
                 log(f"training data exhausted after {step} steps; {stats.get('skipped_examples', 0)} examples skipped "
                     f"({describe_skips(stats.get('skipped_by_reason', {}))})")
@@ -172,13 +177,10 @@ def train(cfg: Config, *, model=None, devices: Optional[list] = None, start_over
             if step % cfg.train.logging.every_steps == 0 or step == steps or "eval_loss" in rec:
                 logger.log(rec)
             logger.progress(step, rec["loss"], rec["learning_rate"], rec["tokens_per_second"])
-            if step % cfg.train.checkpoint.every_steps == 0 or preempt.requested:
+            if preempt.requested:  # during the step or the read of the next batch
+                return stop_for_sigterm()
+            if step % cfg.train.checkpoint.every_steps == 0:
                 ckpt.save(state, next_data_state, cfg_dict)
-            if preempt.requested:
-                ckpt.wait()
-                log(f"SIGTERM: saved checkpoint {step}, exiting")
-                summary.update(preempted=True, step=step)
-                return summary
             last = time.time()  # throughput counts data + step, not eval/checkpoint pauses
 
         # -------------------------------------------------------------- the end: checkpoint, eval, final/
