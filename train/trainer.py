@@ -233,15 +233,16 @@ def changed_keys(old: dict, new: dict) -> list[str]:
 
 
 def previous_config(run_dir: str) -> tuple[Optional[dict], str]:
-    """The config of the run in `run_dir` (its newest checkpoint's, else its config.yaml) and where it is."""
+    """The config of the run in `run_dir` and where it is: its newest checkpoint's, else its config.yaml
+    when it logged a step (a run that stopped before its first step, e.g. on a bad init_from, holds nothing)."""
     for step in reversed(ckpt_lib.checkpoint_steps(run_dir)):
         step_dir = os.path.join(run_dir, "checkpoints", str(step))
         try:
             return ckpt_lib.step_config(step_dir), step_dir
         except (OSError, ValueError):
             continue  # unreadable: a corrupt checkpoint, set aside when restoring
-    path = os.path.join(run_dir, "config.yaml")
-    if os.path.isfile(path):
+    path, metrics = os.path.join(run_dir, "config.yaml"), os.path.join(run_dir, "metrics.jsonl")
+    if os.path.isfile(path) and os.path.isfile(metrics) and os.path.getsize(metrics) > 0:
         with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f), path
     return None, ""

@@ -160,3 +160,20 @@ def test_gather_supervised_keeps_each_rows_supervised_positions_in_order():
         np.testing.assert_array_equal(np.asarray(mg[r]), np.arange(cap) < len(idx))
         np.testing.assert_array_equal(np.asarray(tg[r, :len(idx)]), np.asarray(t[r, idx]))
         np.testing.assert_array_equal(np.asarray(hg[r, :len(idx)]), np.asarray(h[r, idx]))
+
+
+def test_run_dir_of_another_config_is_refused_once_it_logged_a_step(tmp_path):
+    from train.trainer import check_run_dir
+    from vlm_jax.config import Config, dump_yaml
+
+    old, new = Config(run_dir=str(tmp_path)), Config(run_dir=str(tmp_path))
+    new.model.decoder.num_layers += 1
+    new.train.num_steps += 5  # a resumed run may go on longer
+    dump_yaml(old, str(tmp_path / "config.yaml"))
+    (tmp_path / "metrics.jsonl").write_text("")
+    check_run_dir(new)  # stopped before its first step (e.g. a bad init_from): nothing to keep
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    with pytest.raises(ConfigError, match=rf"{tmp_path} holds a run with another config .*: model.decoder.num_layers "
+                                          "differ"):
+        check_run_dir(new)
+    check_run_dir(old)
