@@ -305,7 +305,7 @@ def total_steps(cfg: Config, loader, log=print) -> int:
     return steps
 
 
-class _Preempted(Exception):
+class _Preempted(BaseException):  # not an Exception: no `except Exception` in the loader counts it as a bad record
     pass
 
 
