@@ -26,7 +26,8 @@ from vlm_jax.models.vit import num_layers_used
 KEYS = ("optimal_seconds", "flops", "bytes accessed")
 
 
-def _variant(cfg: Config, decoder_layers: int, vision_layers: int) -> Config:
+def variant(cfg: Config, decoder_layers: int, vision_layers: int) -> Config:
+    """The step with that many unrolled layers and one micro-batch without accumulation."""
     c = copy.deepcopy(cfg)
     c.model.scan_layers = False
     c.model.decoder.num_layers = decoder_layers
@@ -36,18 +37,19 @@ def _variant(cfg: Config, decoder_layers: int, vision_layers: int) -> Config:
     return c
 
 
-def _cost(cfg: Config, mesh) -> dict[str, float]:
+def cost(cfg: Config, mesh) -> dict[str, float]:
+    """XLA:TPU's cost analysis of the compiled step: optimal_seconds, flops, bytes accessed."""
     ts = build_step(cfg, mesh, cfg.train.num_steps if cfg.train.num_steps > 0 else 1000)
     compiled = ts.train_step.lower(ts.abstract_state, ts.abstract_batch).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return {k: float(cost.get(k, 0.0)) for k in KEYS}
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return {k: float(analysis.get(k, 0.0)) for k in KEYS}
 
 
 def estimate(cfg: Config, mesh, attention: str, model_flops: float, tokens: int, images: int, seq: int,
              out=print) -> dict[str, Any]:
     """Cost-model seconds per step, XLA-counted FLOPs and the MFU they imply (per the docstring)."""
-    both, no_decoder, no_vision = (_cost(_variant(cfg, d, v), mesh) for d, v in ((1, 1), (0, 1), (1, 0)))
+    both, no_decoder, no_vision = (cost(variant(cfg, d, v), mesh) for d, v in ((1, 1), (0, 1), (1, 0)))
     layers = {"decoder": cfg.model.decoder.num_layers, "vision": num_layers_used(cfg.model.vision)}
     micro = cfg.train.grad_accum_steps
     step = {k: micro * (both[k] + (layers["decoder"] - 1) * (both[k] - no_decoder[k])
