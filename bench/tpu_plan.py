@@ -5,9 +5,11 @@
 1. The equal workload: our Vicuna-7B decoder step on text rows vs MaxText's llama2-7b, the same
    tokens per chip, sequence length, bf16 compute, f32 weights + AdamW, remat full and an attention
    both cost the same way (MaxText `attention=dot_product`, ours `xla`): HBM per chip with layers
-   scanned, and the cost-model step time (both from unrolled few-layer compiles scaled to 32 layers:
-   train/tpu_estimate.py for ours, 1 and 2 layers of MaxText's train_compile). MaxText runs in its own venv (`maxtext[tpu]==0.2.4`, Python 3.12),
-   created at --maxtext-venv when missing.
+   scanned, and the cost-model step time, on both sides from unrolled 1- and 2-layer compiles (one
+   layer = their difference, the rest = the 1-layer compile minus it; step = rest + 32 layers), with
+   that account printed per part (seconds, FLOPs, bytes accessed); --hlo-dump keeps both sides' HLO.
+   MaxText runs in its own venv (`maxtext[tpu]==0.2.4`, Python 3.12), created at --maxtext-venv when
+   missing.
 2. Our LLaVA-1.5-7B SFT step (configs/llava15/llava15_7b_finetune.yaml) with each attention backend
    and remat policy: HBM, custom calls, the estimate.
 
@@ -44,6 +46,7 @@ def parse(argv=None):
     p.add_argument("--sft-remat", default="full,dots_with_no_batch_dims_saveable", help="remat policies of part 2")
     p.add_argument("--skip-maxtext", action="store_true", help="part 1 without MaxText (no ratio)")
     p.add_argument("--skip-sft", action="store_true", help="only part 1")
+    p.add_argument("--hlo-dump", default="", help="dump XLA's HLO of the part-1 compiles of both sides here")
     return p.parse_args(argv)
 
 
@@ -59,9 +62,10 @@ def maxtext_python(venv: str, python: str) -> str:
     return exe
 
 
-def maxtext_plan(exe: str, topology: str, rows: int, seq: int, scan: bool, layers: int = 0) -> dict:
+def maxtext_plan(exe: str, topology: str, rows: int, seq: int, scan: bool, layers: int = 0,
+                 hlo_dump: str = "") -> dict:
     """MaxText's train_compile for llama2-7b (`layers` > 0: that many decoder layers); its printed
-    cost and memory analyses, parsed."""
+    cost and memory analyses, parsed; `hlo_dump`: XLA's dumps of the few-layer compiles there."""
     configs = subprocess.run([exe, "-c", "import maxtext, os; print(os.path.dirname(maxtext.__file__))"],
                              check=True, capture_output=True, text=True).stdout.strip()
     argv = [exe, "-m", "maxtext.trainers.pre_train.train_compile", os.path.join(configs, "configs", "base.yml"),
@@ -72,6 +76,8 @@ def maxtext_plan(exe: str, topology: str, rows: int, seq: int, scan: bool, layer
             "dataset_type=synthetic"] + ([f"base_num_decoder_layers={layers}", "override_model_config=true"] if layers else [])
     env = dict(os.environ, ALLOW_MULTIPLE_LIBTPU_LOAD="1", TPU_ACCELERATOR_TYPE=topology, JAX_PLATFORMS="cpu")
     env.pop("PYTHONPATH", None)
+    if hlo_dump and layers:
+        env["XLA_FLAGS"] = f"--xla_dump_to={os.path.join(hlo_dump, f'maxtext_{layers}_layers')}"
     t0 = time.time()
     r = subprocess.run(argv, capture_output=True, text=True, env=env)
     if r.returncode:
@@ -81,8 +87,10 @@ def maxtext_plan(exe: str, topology: str, rows: int, seq: int, scan: bool, layer
                                                                                          r.stdout).group(1)))
     total = (mem["argument_size_in_bytes"] + mem["output_size_in_bytes"] - mem["alias_size_in_bytes"]
              + mem["temp_size_in_bytes"] + mem.get("generated_code_size_in_bytes", 0))
+    dumps = dumped_steps(os.path.join(hlo_dump, f"maxtext_{layers}_layers")) if hlo_dump and layers else []
     return {"seconds": float(cost["optimal_seconds"]), "flops": float(cost.get("flops", 0.0)),
-            "hbm_gib": total / GIB, "temp_gib": mem["temp_size_in_bytes"] / GIB,
+            "bytes": float(cost.get("bytes accessed", 0.0)), "hbm_gib": total / GIB,
+            "hlo": max(dumps, key=os.path.getsize) if dumps else "", "temp_gib": mem["temp_size_in_bytes"] / GIB,
             "custom_calls": r.stdout.count("tpu_custom_call"), "compile_seconds": time.time() - t0}
 
 
@@ -98,6 +106,40 @@ def our_plan(topology: str, overrides: list[str], estimate: bool = True) -> dict
     report = compile_only.plan(cfg, topology=topology, estimate=estimate, out=lines.append)
     print("\n".join(lines), file=sys.stderr)
     return report
+
+
+def our_layer_costs(topology: str, overrides: list[str], hlo_dump: str = "") -> tuple[dict, dict]:
+    """Cost analyses of our step unrolled with 1 and 2 decoder layers (one micro-batch), as MaxText's;
+    with `hlo_dump` (XLA_FLAGS' dump folder) each also names its optimized HLO file."""
+    from train import topologies, tpu_estimate
+    from vlm_jax import sharding
+    from vlm_jax.config import Config, load
+
+    cfg = load(Config, SFT, overrides)
+    mesh = sharding.make_mesh(cfg.mesh, topologies.compile_devices(topology), topology_order=True)
+    costs = []
+    for layers in (1, 2):
+        before = set(dumped_steps(hlo_dump)) if hlo_dump else set()
+        c = tpu_estimate.cost(tpu_estimate.variant(cfg, layers, 1), mesh)
+        costs.append({"seconds": c["optimal_seconds"], "flops": c["flops"], "bytes": c["bytes accessed"]})
+        if hlo_dump:
+            costs[-1]["hlo"] = max(set(dumped_steps(hlo_dump)) - before, key=os.path.getsize)
+    return costs[0], costs[1]
+
+
+def dumped_steps(folder: str) -> list[str]:
+    """XLA:TPU's optimized-HLO dumps in `folder` (not the CPU ones of small helper jits)."""
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, f) for f in os.listdir(folder)
+            if f.endswith(".after_optimizations.txt") and "cpu_after" not in f]
+
+
+def scaled(one: dict, two: dict, layers: int = 32) -> dict[str, dict]:
+    """One layer (2-layer minus 1-layer compile), the rest outside the layers, and the step."""
+    layer = {k: two[k] - one[k] for k in ("seconds", "flops", "bytes")}
+    rest = {k: one[k] - layer[k] for k in layer}
+    return {"layer": layer, "rest": rest, "step": {k: rest[k] + layers * layer[k] for k in layer}}
 
 
 def decoder_overrides(rows_per_chip: int, chips: int, seq: int) -> list[str]:
@@ -118,6 +160,7 @@ def _pct(x) -> str:
 def main(argv=None) -> int:
     args = parse(argv)
     from train import topologies
+    from train.metrics import peak_flops
 
     slice_ = topologies.lookup(args.topology)
     chips = slice_.num_devices
@@ -125,26 +168,50 @@ def main(argv=None) -> int:
             "|---|---|---|---|---|"]
     result: dict = {"topology": args.topology, "rows_per_chip": args.rows_per_chip, "seq": args.seq}
 
-    ours = our_plan(args.topology, decoder_overrides(args.rows_per_chip, chips, args.seq))
-    result["ours_decoder"] = {k: ours.get(k) for k in ("hbm_per_device_gib", "cost_model_step_seconds",
-                                                        "cost_model_mfu", "custom_calls", "flops_per_step")}
+    if args.hlo_dump:  # XLA reads it once, at the first compile: every compile of ours lands there
+        os.environ["XLA_FLAGS"] = f"--xla_dump_to={os.path.join(args.hlo_dump, 'ours')}"
+    overrides = decoder_overrides(args.rows_per_chip, chips, args.seq)
+    ours = our_plan(args.topology, overrides, estimate=False)
+    # the cost model counts a scanned body once: both sides from unrolled 1- and 2-layer compiles
+    ours_one, ours_two = our_layer_costs(args.topology, overrides, os.path.join(args.hlo_dump, "ours") if args.hlo_dump else "")
+    ours_parts = scaled(ours_one, ours_two)
+    seconds_ours = ours_parts["step"]["seconds"]
+    peak = peak_flops(ours["device_kind"]) or 0.0
+    mfu = lambda s: ours["flops_per_step"] / (chips * peak * s) if peak and s > 0 else None  # noqa: E731
+    result["ours_decoder"] = {"hbm_per_device_gib": ours["hbm_per_device_gib"], "cost_model_step_seconds": seconds_ours,
+                              "cost_model_mfu": mfu(seconds_ours), "custom_calls": ours["custom_calls"],
+                              "flops_per_step": ours["flops_per_step"], "parts": ours_parts}
     rows.append(f"| ours, Vicuna-7B decoder, attention xla | {ours['hbm_per_device_gib']:.1f} | "
-                f"{ours['cost_model_step_seconds']:.3f} | {_pct(ours.get('cost_model_mfu'))} | "
-                f"{sum(ours['custom_calls'].values())} |")
+                f"{seconds_ours:.3f} | {_pct(mfu(seconds_ours))} | {sum(ours['custom_calls'].values())} |")
+    account = []
     if not args.skip_maxtext:
         exe = maxtext_python(args.maxtext_venv, args.python)
         scanned = maxtext_plan(exe, args.topology, args.rows_per_chip, args.seq, scan=True)
-        # the same method as ours (train/tpu_estimate.py): unrolled 1- and 2-layer compiles, scaled to 32 layers
-        one, two = (maxtext_plan(exe, args.topology, args.rows_per_chip, args.seq, scan=False, layers=n) for n in (1, 2))
-        seconds = one["seconds"] + 31 * (two["seconds"] - one["seconds"])
-        mt_mfu = ours["flops_per_step"] / (chips * ours["peak_flops_per_device"] * seconds)
+        mt_one, mt_two = (maxtext_plan(exe, args.topology, args.rows_per_chip, args.seq, scan=False, layers=n,
+                                       hlo_dump=args.hlo_dump) for n in (1, 2))
+        mt_parts = scaled(mt_one, mt_two)
+        seconds = mt_parts["step"]["seconds"]
         result["maxtext"] = {"hbm_per_device_gib": scanned["hbm_gib"], "cost_model_step_seconds": seconds,
-                             "xla_flops_per_device_per_step": one["flops"] + 31 * (two["flops"] - one["flops"]),
-                             "compile_seconds": scanned["compile_seconds"]}
-        result["ratio_vs_maxtext"] = seconds / ours["cost_model_step_seconds"]
+                             "cost_model_mfu": mfu(seconds), "custom_calls": scanned["custom_calls"],
+                             "compile_seconds": scanned["compile_seconds"], "parts": mt_parts}
+        result["ratio_vs_maxtext"] = seconds / seconds_ours
         rows.append(f"| MaxText llama2-7b, attention dot_product | {scanned['hbm_gib']:.1f} | {seconds:.3f} | "
-                    f"{_pct(mt_mfu)} | {scanned['custom_calls']} |")
+                    f"{_pct(mfu(seconds))} | {scanned['custom_calls']} |")
         rows.append(f"| **ratio MaxText / ours (>= 1: ours is not slower)** | | **{result['ratio_vs_maxtext']:.3f}** | | |")
+        account = ["| per chip, cost model | ours s | MaxText s | ours TFLOP | MaxText TFLOP | ours GB accessed | "
+                   "MaxText GB accessed |", "|---|---|---|---|---|---|---|"]
+        for part, name in (("layer", "one decoder layer (fwd + remat + bwd)"),
+                           ("rest", "outside the layers (embedding, head + loss, optimizer)"), ("step", "step")):
+            o, m = ours_parts[part], mt_parts[part]
+            account.append(f"| {name} | {o['seconds']:.4f} | {m['seconds']:.4f} | {o['flops'] / 1e12:.2f} | "
+                           f"{m['flops'] / 1e12:.2f} | {o['bytes'] / 1e9:.1f} | {m['bytes'] / 1e9:.1f} |")
+        if args.hlo_dump and ours_one.get("hlo") and mt_one.get("hlo") and mt_two.get("hlo"):
+            from bench import hlo_account
+
+            layer = {side: hlo_account.diff(hlo_account.account(one["hlo"], args.seq), hlo_account.account(two["hlo"], args.seq))
+                     for side, one, two in (("ours", ours_one, ours_two), ("MaxText", mt_one, mt_two))}
+            account += ["", "one decoder layer, bytes read + written per chip by kind of scheduled HLO op "
+                        "(2-layer minus 1-layer optimized HLO; bench/hlo_account.py):", hlo_account.table(layer)]
 
     if not args.skip_sft:
         result["sft"] = []
@@ -163,6 +230,9 @@ def main(argv=None) -> int:
     print(f"TPU plans on {args.topology} ({chips} chips), {args.rows_per_chip} rows x {args.seq} tokens per chip "
           f"for the decoder; libtpu {topologies.libtpu_version()}; times are compile-time cost-model ESTIMATES")
     print("\n".join(rows))
+    if account:
+        print("\nwhere the time goes (the equal workload, per chip per step):")
+        print("\n".join(account))
     print(json.dumps(result))
     return 0
 
