@@ -271,10 +271,7 @@ def set_aside_run(run_dir: str) -> Optional[str]:
         os.makedirs(dst)
         for name in items:
             os.rename(os.path.join(run_dir, name), os.path.join(dst, name))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"vlm_jax_start_over:{run_dir}")
+    ckpt_lib.sync_processes(f"vlm_jax_start_over:{run_dir}")
     return dst
 
 

@@ -131,7 +131,9 @@ def free_name(path: str) -> str:
     return out
 
 
-def _sync(tag: str) -> None:
+def sync_processes(tag: str) -> None:
+    """A barrier across the processes of a multi-host run (nothing on one process), so a file
+    operation one process did is seen by all before they go on."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -224,7 +226,7 @@ class TrainCheckpointer:
         dst = free_name(src + ".corrupt")
         if jax.process_index() == 0:
             os.rename(src, dst)
-        _sync(f"vlm_jax_set_aside:{src}")
+        sync_processes(f"vlm_jax_set_aside:{src}")
         self.manager.reload()
         return dst
 
@@ -320,10 +322,7 @@ def save_model_checkpoint(
         if os.path.isdir(os.path.join(directory, "params")):
             shutil.rmtree(os.path.join(directory, "params"))
         os.makedirs(directory, exist_ok=True)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"vlm_jax_model_checkpoint:{directory}")
+    sync_processes(f"vlm_jax_model_checkpoint:{directory}")
     if low_memory:
         registry = ocp.type_handlers.create_type_handler_registry(
             (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
