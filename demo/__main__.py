@@ -1,6 +1,7 @@
 """The embedded default (`make demo`): a small multilingual VLM trained from scratch on CPU.
 
-    python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--quick]
+    python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--align-positions]
+                   [--position-weight 1] [--quick]
 
 Generates the shape-world dataset and tokenizer (once; --seed and --layout are passed to
 demo.make_data, and --seed is the training seed too), trains the two stages of
@@ -40,6 +41,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="seed of the dataset, the tokenizer and the training run (init and data order) (default %(default)s)")
     p.add_argument("--layout", choices=world.LAYOUTS, default="grid",
                    help="grid: each shape in a cell of a 3x3 grid; free: anywhere, any size (default %(default)s)")
+    p.add_argument("--align-positions", action="store_true",
+                   help="stage-1 captions also name the sides their object is on (a lever of docs/demo.md; off by default)")
+    p.add_argument("--position-weight", type=int, default=world.Params().position_weight,
+                   help="weight of a position question among an object's sft questions, colour and shape 2 (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset (same code path; for tests)")
     p.add_argument("--eval-batch-size", type=int, default=40)
     return p.parse_args(argv)
@@ -154,7 +159,8 @@ def loss_curve(run_dir: str) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    run(["demo.make_data", "--out", args.data, "--seed", str(args.seed), "--layout", args.layout,
+    levers = (["--align-positions"] if args.align_positions else []) + ["--position-weight", str(args.position_weight)]
+    run(["demo.make_data", "--out", args.data, "--seed", str(args.seed), "--layout", args.layout, *levers,
          *(QUICK["data"] if args.quick else [])])
     checkpoint = train(args)
     answers = evaluate(args, checkpoint)

@@ -93,6 +93,12 @@ class Language:
         template = pick(rng, self.hpos_q if side < 2 else self.vpos_q)
         return template.format(a=a, b=b, **self.shape_slots(s)), self.sides[side]
 
+    def with_sides(self, caption, sides):
+        """`caption` followed by the answers naming `sides` (a single object's, horizontal first)."""
+        if not sides:
+            return caption
+        return caption + (" " if self.spaced else "") + ("、" if not self.spaced else ", ").join(self.sides[s] for s in sides)
+
     def describe(self, rng):
         return pick(rng, self.describe_prompts)
 

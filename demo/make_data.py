@@ -38,6 +38,9 @@ def parse_args(argv=None):
     ap.add_argument("--layout", choices=world.LAYOUTS, default=d.layout,
                     help="grid: each shape centred in a cell of a 3x3 grid; free: anywhere, any size, straddling "
                          "patches (default %(default)s)")
+    ap.add_argument("--align-positions", action="store_true", help="stage-1 captions name the sides the object is on")
+    ap.add_argument("--position-weight", type=int, default=d.position_weight,
+                    help="weight of a position question among an object's questions, colour and shape 2 (default %(default)s)")
     ap.add_argument("--vocab-size", type=int, default=3000, help="tokenizer vocabulary size (default %(default)s)")
     ap.add_argument("--no-tokenizer", action="store_true", help="do not train the tokenizer")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (default %(default)s)")
@@ -45,7 +48,8 @@ def parse_args(argv=None):
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     params = world.Params(seed=args.seed, num_train=args.num_train, text_only_fraction=args.text_only_fraction,
-                              num_eval=args.num_eval, image_size=args.image_size, layout=args.layout)
+                              num_eval=args.num_eval, image_size=args.image_size, layout=args.layout,
+                          align_positions=args.align_positions, position_weight=args.position_weight)
     try:
         params.validate()
     except ValueError as e:

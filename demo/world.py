@@ -76,6 +76,8 @@ class Params:
     num_eval: int = 800
     image_size: int = 96  # 3x3 cells of 32 px: one cell per patch of a ViT-B/32-style tower
     layout: str = "grid"  # grid | free (see the module docstring)
+    align_positions: bool = False  # stage-1 captions end with the sides the object is on
+    position_weight: int = 1  # weight of a position question among an object's questions (colour 2, shape 2)
 
     def validate(self):
         if self.layout not in LAYOUTS:
@@ -84,6 +86,8 @@ class Params:
             raise ValueError(f"image_size must be in [64, 96], got {self.image_size}")
         if self.num_train < 1 or self.num_eval < 0:
             raise ValueError("num_train must be >= 1 and num_eval >= 0")
+        if self.position_weight < 0:
+            raise ValueError(f"position_weight must be >= 0, got {self.position_weight}")
         if not 0.0 <= self.text_only_fraction < 1.0:
             raise ValueError(f"text_only_fraction must be in [0, 1), got {self.text_only_fraction}")
 
@@ -217,23 +221,26 @@ def ask(scene: Scene, category: str, lang, rng: random.Random,
     raise ValueError(f"unknown question category {category!r}")
 
 
-def align_conversation(scene: Scene, lang, rng: random.Random):
+def align_conversation(scene: Scene, lang, rng: random.Random, positions: bool = False):
     # LLaVA's stage-1 records carry an instruction too; the `plain` template keeps only the caption.
-    return _with_image(_turn(lang.describe(rng), lang.caption(_pairs(scene), rng)))
+    caption = lang.caption(_pairs(scene), rng)
+    if positions:
+        caption = lang.with_sides(caption, scene.position_sides(0))
+    return _with_image(_turn(lang.describe(rng), caption))
 
 
-def _object_question(scene: Scene, k: int, lang, rng: random.Random) -> tuple[str, str]:
+def _object_question(scene: Scene, k: int, lang, rng: random.Random, position_weight: int = 1) -> tuple[str, str]:
     """One question about object k: its colour (named by its shape), its shape (named by its
     colour) or, where it is unambiguous, its side (named by its shape)."""
     o, sides = scene.objs[k], scene.position_sides(k)
-    kinds, weights = ["color", "shape", "position"], [2, 2, 1 if sides else 0]
+    kinds, weights = ["color", "shape", "position"], [2, 2, position_weight if sides else 0]
     kind = rng.choices(kinds, weights=weights)[0]
     if kind == "position":
         return lang.ask_position(o.shape, pick(rng, sides), rng)
     return (lang.ask_color if kind == "color" else lang.ask_shape)(o.color, o.shape, rng)
 
 
-def sft_conversation(scene: Scene, lang, rng: random.Random):
+def sft_conversation(scene: Scene, lang, rng: random.Random, position_weight: int = 1):
     """1-4 turns about one image whose answers can only be read off the image, never off another
     turn: each object is asked about once (a colour question names the shape, so a later shape
     question about the same object would give itself away), counting comes first (the objects
@@ -245,7 +252,7 @@ def sft_conversation(scene: Scene, lang, rng: random.Random):
         conversations += _turn(*lang.ask_count(len(scene.objs), rng))
     n = len(scene.objs)
     for k in rng.sample(range(n), rng.randint(max(1, n - 1), n)):
-        conversations += _turn(*_object_question(scene, k, lang, rng))
+        conversations += _turn(*_object_question(scene, k, lang, rng, position_weight))
     return _with_image(conversations)
 
 
@@ -295,8 +302,8 @@ def make_train_example(params: Params, index: int) -> TrainExample:
     align = None
     if len(scene.objs) == 1:  # stage 1 names one object per image: the words for what it looks like
         align = {"id": f"align-{index:06d}-{align_lang.code}", "image": name,
-                 "conversations": align_conversation(scene, align_lang, rng)}
-    sft = {"id": f"sft-{index:06d}-{lang.code}", "image": name, "conversations": sft_conversation(scene, lang, rng)}
+                 "conversations": align_conversation(scene, align_lang, rng, params.align_positions)}
+    sft = {"id": f"sft-{index:06d}-{lang.code}", "image": name, "conversations": sft_conversation(scene, lang, rng, params.position_weight)}
     return TrainExample(name, png_bytes(render(scene, params.image_size)), align, sft, scene)
 
 

@@ -4,6 +4,8 @@ through the same code path as `make demo`, with a few steps on a tiny dataset.""
 import json
 import os
 
+import pytest
+
 import demo.__main__ as demo
 
 
@@ -22,3 +24,21 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert os.path.isdir(run_dir / "sft" / "final")
     # a rerun reuses the data, the trained stages and the answers
     assert demo.main(["--quick", "--data", str(data), "--run-dir", str(run_dir)]) == 0
+
+
+def test_the_levers_reach_the_generator(monkeypatch):
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def run(cmd):
+        calls.append(cmd)
+        raise Stop
+
+    monkeypatch.setattr(demo, "run", run)
+    with pytest.raises(Stop):
+        demo.main(["--align-positions", "--position-weight", "3", "--data", "d", "--seed", "2"])
+    assert calls[0][:1] == ["demo.make_data"]
+    assert "--align-positions" in calls[0] and calls[0][calls[0].index("--position-weight") + 1] == "3"
+    assert calls[0][calls[0].index("--seed") + 1] == "2"

@@ -360,3 +360,42 @@ def test_no_answer_can_be_read_off_an_earlier_turn():
             if answer in set(lang.colors) | set(getattr(lang, "colors_f", ())) | set(lang.shapes):
                 assert answer not in before, (lang.code, conv)
     assert multi > 100
+
+
+def _sides_of(obj) -> list[int]:
+    """Indices into SIDES of a grid object, from its cell: column 0/2 = left/right, row 0/2 = top/bottom."""
+    return [s for s, on in ((0, obj.col == 0), (1, obj.col == 2), (2, obj.row == 0), (3, obj.row == 2)) if on]
+
+
+def test_align_positions_end_each_caption_with_the_sides_of_its_object():
+    params = S.Params(num_train=300, num_eval=0, align_positions=True)
+    seen = 0
+    for index in range(params.num_train):
+        plain = S.make_train_example(S.Params(num_train=300, num_eval=0), index)
+        ex = S.make_train_example(params, index)
+        if ex.align is None:
+            continue
+        lang, caption = _lang(ex.align), ex.align["conversations"][1]["value"]
+        words = [lang.sides[s] for s in _sides_of(ex.scene.objs[0])]
+        bare = plain.align["conversations"][1]["value"]
+        assert caption.startswith(bare), (caption, bare)
+        suffix = caption[len(bare):]
+        assert [w for w in words if w in suffix] == words and (suffix.strip() != "") == bool(words), (caption, words)
+        seen += bool(words)
+    assert seen > 50
+
+
+def test_position_weight_asks_more_position_questions():
+    def position_share(weight):
+        asked = position = 0
+        for i in range(600):
+            rng = random.Random(i)
+            scene, lang = S.random_scene(rng), LANGUAGES[pick(rng, list(LANGUAGES))]
+            conv = S.sft_conversation(scene, lang, rng, position_weight=weight)
+            answers = [t["value"] for t in conv[1::2]]
+            asked += len(answers)
+            position += sum(a in lang.sides for a in answers)
+        return position / asked
+
+    default, heavy = position_share(1), position_share(4)
+    assert 0.1 < default < 0.25 and heavy > 2 * default, (default, heavy)
