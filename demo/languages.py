@@ -97,7 +97,8 @@ class Language:
         """`caption` followed by the answers naming `sides` (a single object's, horizontal first)."""
         if not sides:
             return caption
-        return caption + (" " if self.spaced else "") + ("、" if not self.spaced else ", ").join(self.sides[s] for s in sides)
+        space, comma = (" ", ", ") if self.spaced else ("", "、")
+        return caption + space + comma.join(self.sides[s] for s in sides)
 
     def describe(self, rng):
         return pick(rng, self.describe_prompts)
