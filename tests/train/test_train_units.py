@@ -163,7 +163,7 @@ def test_gather_supervised_keeps_each_rows_supervised_positions_in_order():
 
 
 def test_run_dir_of_another_config_is_refused_once_it_logged_a_step(tmp_path):
-    from train.trainer import check_run_dir
+    from train.run_dir import check_run_dir
     from vlm_jax.config import Config, dump_yaml
 
     old, new = Config(run_dir=str(tmp_path)), Config(run_dir=str(tmp_path))
@@ -177,3 +177,19 @@ def test_run_dir_of_another_config_is_refused_once_it_logged_a_step(tmp_path):
                                           "differ"):
         check_run_dir(new)
     check_run_dir(old)
+
+
+def test_a_data_source_added_on_resume_is_a_config_change(tmp_path):
+    from train.run_dir import check_run_dir
+    from vlm_jax.config import Config, DataSourceConfig, dump_yaml
+
+    old = Config(run_dir=str(tmp_path))
+    old.data.sources = [DataSourceConfig(path="a.json")]
+    new = Config(run_dir=str(tmp_path))
+    new.data.sources = [DataSourceConfig(path="moved/a.json"), DataSourceConfig(path="b.json")]
+    dump_yaml(old, str(tmp_path / "config.yaml"))
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    with pytest.raises(ConfigError, match=r": data.sources differ"):
+        check_run_dir(new)
+    new.data.sources = new.data.sources[:1]  # the same source in another place: a resumable move
+    check_run_dir(new)
