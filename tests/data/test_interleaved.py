@@ -33,7 +33,8 @@ def test_mmc4_images_go_before_their_sentence_in_text_order():
     assert rec.conversations == interleaved.Document(tuple(DOC["text_list"]), (0, 1, 0, 2))
     assert rec.image_paths == ["a.png", "b.png", "c.png"]  # sorted by sentence, ties in listed order
     segs = interleaved.render(rec.conversations, "</s>", "after_image")
-    assert "".join(s for s, _ in segs) == "Intro text.<image>A cat sits. The sky is clear.<image><image>Two dogs.</s>"
+    assert "".join(s for s, _ in segs) == ("Intro text.<image>\nA cat sits. The sky is clear."
+                                           "<image>\n<image>\nTwo dogs.</s>")
     assert [sup for _, sup in segs] == [False, True, False, True, True]
     assert all(sup for _, sup in interleaved.render(rec.conversations, "</s>", "all"))
 
@@ -55,9 +56,9 @@ def test_loss_only_on_text_that_follows_an_image(tok):
     assert enc.tokens[0] == tok.bos_id and enc.tokens[-1] == tok.eos_id and enc.num_images == 3
     assert not enc.label_mask[enc.tokens == -200].any()
     said = tok.decode(enc.tokens[enc.label_mask], skip_special_tokens=False)
-    assert said.replace(" ", "") == "Acatsits.Twodogs.</s>"
+    assert said.replace(" ", "") == "\nAcatsits.\n\nTwodogs.</s>"
     full = tok.decode(both["all"].tokens[both["all"].label_mask], skip_special_tokens=False)
-    assert full.replace(" ", "") == "Introtext.Acatsits.Theskyisclear.Twodogs.</s>"
+    assert full.replace(" ", "") == "Introtext.\nAcatsits.Theskyisclear.\n\nTwodogs.</s>"
 
 
 def _loader(tmp_path, tok, records, **kw):
@@ -78,7 +79,7 @@ def _colour(crops) -> str:
 
 def test_documents_pack_with_their_images_in_order(tmp_path, tok):
     docs = [rh.mmc4_doc(i, c, d) for i, (c, d) in enumerate([("red", "blue"), ("green", "yellow")] * 3)]
-    loader = _loader(tmp_path, tok, docs, interleaved_loss="after_image")
+    loader = _loader(tmp_path, tok, docs, interleaved_loss="after_image", seq_len=112)
     batch = next(loader)
     assert batch["segment_ids"].max() >= 2  # several documents share a row
     for toks, mask, imgs in dh.segments(batch):

@@ -5,9 +5,9 @@ A record is MMC4's own JSON line:
     {"text_list": ["sentence 0", "sentence 1", ...],
      "image_info": [{"image_name": "a.jpg", "matched_text_index": 1}, ...], "id": ...}
 
-As VILA's LazyMMC4Dataset does, every image goes right before the sentence it is matched to (images
-ordered by that sentence), sentences are joined with " " (no space next to an image), the document
-gets BOS (if the tokenizer has one) and EOS, and there is no chat template. Loss (`data.interleaved_loss`):
+As VILA's LazyMMC4Dataset does, every image goes as `<image>\n` right before the sentence it is matched
+to (images ordered by that sentence), sentences are joined with " " (no space before an image), the
+document gets BOS (if the tokenizer has one) and EOS, and there is no chat template. Loss (`data.interleaved_loss`):
 
 - `all`: every text token and the EOS;
 - `after_image`: only sentences that directly follow an image (VILA's `image_following_text_only`),
@@ -121,7 +121,7 @@ def render(doc: Document, eos: str, loss: str = "all") -> list[tuple[str, bool]]
     segs = []
     for i, (text, k) in enumerate(zip(doc.sentences, doc.images_before)):
         sep = " " if i and not k else ""
-        segs.append((IMAGE_TOKEN * k + sep + text, loss == "all" or k > 0))
+        segs.append(((IMAGE_TOKEN + "\n") * k + sep + text, loss == "all" or k > 0))
     segs.append((eos, loss == "all" or doc.images_before[-1] > 0))
     return segs
 
