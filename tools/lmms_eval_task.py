@@ -69,29 +69,22 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="vlm_jax_local", help="task name (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     args = p.parse_args(argv)
-    from infer.evaluate import GT_KEYS, ground_truth  # the ground truth as infer.evaluate reads it
+    from infer.evaluate import GT_KEYS, ground_truth, read_questions  # the questions as infer.evaluate reads them
 
     if not os.path.isfile(args.questions):
         p.error(f"--questions {args.questions}: no such file")
     docs = []
-    with open(args.questions, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                q = json.loads(line)
-                text = q["text"]
-            except (ValueError, KeyError, TypeError):
-                p.error(f"{args.questions}:{n}: expected a JSON object with 'text'")
-            gt = ground_truth(q)
-            if gt is None:
-                p.error(f"{args.questions}:{n}: no ground truth ({', '.join(GT_KEYS)})")
-            gt = gt[0] if isinstance(gt, list) else gt
-            image = os.path.abspath(os.path.join(args.image_folder, q["image"])) if q.get("image") else ""
-            if image and not os.path.isfile(image):
-                p.error(f"{args.questions}:{n}: image {image}: no such file")
-            docs.append({"question_id": str(q.get("question_id", n)), "question": text.replace("<image>", "").strip(),
-                         "answer": str(gt), "image_path": image})
+    for q in read_questions(args.questions):  # exits 2 naming the file and line of a bad question
+        where = f"{args.questions}: question {q['question_id']!r}"
+        gt = ground_truth(q)
+        if gt is None:
+            p.error(f"{where}: no ground truth ({', '.join(GT_KEYS)})")
+        gt = gt[0] if isinstance(gt, list) else gt
+        image = os.path.abspath(os.path.join(args.image_folder, q["image"])) if q.get("image") else ""
+        if image and not os.path.isfile(image):
+            p.error(f"{where}: image {image}: no such file")
+        docs.append({"question_id": str(q["question_id"]), "question": q["text"].replace("<image>", "").strip(),
+                     "answer": str(gt), "image_path": image})
     os.makedirs(args.out, exist_ok=True)
     path = os.path.abspath(os.path.join(args.out, f"{args.name}.jsonl"))
     with open(path, "w", encoding="utf-8") as f:

@@ -43,6 +43,16 @@ def test_task_folder(tmp_path):
     assert e.value.code == 2
 
 
+@pytest.mark.parametrize("line, says", [
+    ('{"question_id": 0, "text": "q", "answer": "a"}\nnot json\n', ":2: not a JSON object"),
+    ('{"question_id": 0, "text": "q"}\n', "question 0: no ground truth")])
+def test_bad_question(tmp_path, capsys, line, says):
+    (tmp_path / "q.jsonl").write_text(line)
+    with pytest.raises(SystemExit) as e:  # read by infer.evaluate.read_questions: the file and line of a bad one
+        lmms_eval_task.main(["--questions", str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "task")])
+    assert e.value.code == 2 and says in capsys.readouterr().err and not (tmp_path / "task").exists()
+
+
 @pytest.mark.slow
 def test_lmms_eval_openai_backend_against_infer_serve(tmp_path):
     python = os.environ.get("LMMS_EVAL_PYTHON")
