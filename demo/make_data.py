@@ -48,7 +48,7 @@ def parse_args(argv=None):
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     params = world.Params(seed=args.seed, num_train=args.num_train, text_only_fraction=args.text_only_fraction,
-                              num_eval=args.num_eval, image_size=args.image_size, layout=args.layout,
+                          num_eval=args.num_eval, image_size=args.image_size, layout=args.layout,
                           align_positions=args.align_positions, position_weight=args.position_weight)
     try:
         params.validate()

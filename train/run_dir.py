@@ -24,14 +24,15 @@ def _flat_config(tree: Any, prefix: str = "") -> dict:
     if isinstance(tree, dict):
         return {k: v for key, sub in tree.items() for k, v in _flat_config(sub, f"{prefix}{key}.").items()}
     if isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
-        return {k: v for i, sub in enumerate(tree) for k, v in _flat_config(sub, f"{prefix[:-1]}[{i}].").items()}
+        entries = {k: v for i, sub in enumerate(tree) for k, v in _flat_config(sub, f"{prefix[:-1]}[{i}].").items()}
+        return {prefix[:-1]: len(tree), **entries}  # the count: an entry added or dropped has keys on one side only
     return {prefix[:-1]: tree}
 
 
 def changed_keys(old: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, leaving out what a resumed run may
-    change and keys only one of them has (a config written before the key existed), except a changed
-    number of data sources."""
+    change and keys only one of them has (a config written before the key existed); a list of sections
+    counts its entries, so one added or dropped is a change."""
     a, b = _flat_config(old), _flat_config(new)
 
     def resumable(key: str) -> bool:
@@ -39,14 +40,7 @@ def changed_keys(old: dict, new: dict) -> list[str]:
             return True
         return any(key == r or key.startswith(r + ".") or key.startswith(r + "[") for r in RESUMABLE)
 
-    differ = {k for k in a.keys() & b.keys() if a[k] != b[k] and not resumable(k)}
-    if len(_sources(old)) != len(_sources(new)):  # a source added or dropped: its keys exist on one side only
-        differ.add("data.sources")
-    return sorted(differ)
-
-
-def _sources(config: dict) -> list:
-    return (config.get("data") or {}).get("sources") or []
+    return sorted(k for k in a.keys() & b.keys() if a[k] != b[k] and not resumable(k))
 
 
 def previous_config(run_dir: str) -> tuple[Optional[dict], str]:
