@@ -1,12 +1,13 @@
 """The embedded default (`make demo`): a small multilingual VLM trained from scratch on CPU.
 
-    python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--align-positions]
-                   [--position-weight 1] [--quick]
+    python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--no-align-positions]
+                   [--position-weight 1] [--tower-steps 1500] [--quick]
 
 Generates the shape-world dataset and tokenizer (once; --seed and --layout are passed to
-demo.make_data, and --seed is the training seed too), trains the two stages of
-configs/demo/recipe.yaml (align with `plain`, then SFT with `vicuna_v1`; both resume or are
-skipped when done), evaluates the held-out questions in all 10 languages with infer.evaluate, prints
+demo.make_data, and --seed is the training seed too), pretrains the vision tower on the generator's
+labels (demo.tower, stage 0: LLaVA's CLIP is pretrained too), trains the two stages of
+configs/demo/recipe.yaml from it (align with `plain`, then SFT with `vicuna_v1`; each stage resumes
+or is skipped when done), evaluates the held-out questions in all 10 languages with infer.evaluate, prints
 the per-language table, samples two answers and writes RUN_DIR/eval_summary.json and
 RUN_DIR/loss_curve.png. Every step reuses what an earlier run finished.
 """
@@ -26,6 +27,7 @@ from demo import language_scripts, languages, world
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "recipe.yaml")
 QUICK = {  # a few steps through the same code path (the test suite's reduced demo)
     "data": ["--num-train", "64", "--num-eval", "4", "--vocab-size", "600"],
+    "tower": ["--steps", "3", "model.decoder.vocab_size=600"],
     "train": ["train.num_steps=3", "train.checkpoint.every_steps=2", "model.decoder.vocab_size=600",
               "data.seq_len=256"],
 }
@@ -41,13 +43,18 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="seed of the dataset, the tokenizer and the training run (init and data order) (default %(default)s)")
     p.add_argument("--layout", choices=world.LAYOUTS, default="grid",
                    help="grid: each shape in a cell of a 3x3 grid; free: anywhere, any size (default %(default)s)")
-    p.add_argument("--align-positions", action="store_true",
-                   help="stage-1 captions also name the sides their object is on (a lever of docs/demo.md; off by default)")
+    p.add_argument("--align-positions", action=argparse.BooleanOptionalAction, default=True,
+                   help="stage-1 captions also name the sides their object is on (default on; docs/demo.md)")
     p.add_argument("--position-weight", type=int, default=world.Params().position_weight,
                    help="weight of a position question among an object's sft questions, colour and shape 2 (default %(default)s)")
+    p.add_argument("--tower-steps", type=int, default=1500,
+                   help="stage-0 steps of demo.tower; 0 keeps the tower at its random init (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset (same code path; for tests)")
     p.add_argument("--eval-batch-size", type=int, default=40)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.tower_steps < 0:
+        p.error("--tower-steps must be >= 0")
+    return args
 
 
 def run(cmd: list[str]) -> None:
@@ -64,8 +71,20 @@ def stage_overrides(args) -> list[str]:
          f"data.sources=[{{path: {d}/sft.json, image_folder: {d}/images}}]", *seeds]
 
 
-def train(args) -> str:
+def pretrain_tower(args) -> Optional[str]:
+    """Stage 0 (demo.tower): the checkpoint stage 1 starts from, or None with --tower-steps 0."""
+    if not args.tower_steps:
+        return None
+    out = os.path.join(args.run_dir, "tower")
+    run(["demo.tower", "--data", args.data, "--out", out, "--seed", str(args.seed),
+         *(QUICK["tower"] if args.quick else ["--steps", str(args.tower_steps)])])
+    return out
+
+
+def train(args, tower: Optional[str]) -> str:
     align, sft = stage_overrides(args)
+    if tower:
+        align.append(f"train.init_from={tower}")
     extra = QUICK["train"] if args.quick else []
     # One recipe: both stages share run_dir; per-stage data paths go in as recipe stage overrides.
     recipe = os.path.join(args.run_dir, "recipe.yaml")
@@ -162,7 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     levers = (["--align-positions"] if args.align_positions else []) + ["--position-weight", str(args.position_weight)]
     run(["demo.make_data", "--out", args.data, "--seed", str(args.seed), "--layout", args.layout, *levers,
          *(QUICK["data"] if args.quick else [])])
-    checkpoint = train(args)
+    checkpoint = train(args, pretrain_tower(args))
     answers = evaluate(args, checkpoint)
     summary = summarize(args, answers)
     print_table(summary)

@@ -287,17 +287,41 @@ class TrainExample:
     scene: Optional[Scene] = None
 
 
-def make_train_example(params: Params, index: int) -> TrainExample:
-    """Image example `index` < num_train (an sft record, plus an align record for a single-object
-    scene), else a text-only sft record."""
+def _train_draws(params: Params, index: int):
+    """(rng, sft language, align language, scene) of train example `index`: the draws that come
+    before its text, in order (a text-only example has no align language and no scene)."""
     rng = example_rng(params.seed, "train", index)
     codes = list(LANGUAGES)
     lang = LANGUAGES[rng.choices(codes, weights=[TRAIN_LANGUAGE_WEIGHTS.get(c, 1) for c in codes])[0]]
     if index >= params.num_train:
+        return rng, lang, None, None
+    align_lang = LANGUAGES[pick(rng, codes)]
+    return rng, lang, align_lang, random_scene(rng, layout=params.layout)
+
+
+def train_scene(params: Params, index: int) -> Scene:
+    """The scene of training image `index` (< num_train), without rendering it."""
+    return _train_draws(params, index)[3]
+
+
+def eval_scene(params: Params, index: int) -> tuple[Scene, random.Random]:
+    """The scene of held-out item `index` (its category's draw: a position item has a shape on a
+    side), and the RNG the item's question choice continues from."""
+    category = CATEGORIES[index % len(CATEGORIES)]
+    rng = example_rng(params.seed, "eval", index)
+    while True:
+        scene = random_scene(rng, layout=params.layout)
+        if category != "position" or any(scene.position_sides(k) for k in range(len(scene.objs))):
+            return scene, rng
+
+
+def make_train_example(params: Params, index: int) -> TrainExample:
+    """Image example `index` < num_train (an sft record, plus an align record for a single-object
+    scene), else a text-only sft record."""
+    rng, lang, align_lang, scene = _train_draws(params, index)
+    if scene is None:
         sft = {"id": f"text-{index:06d}-{lang.code}", "conversations": text_only_conversation(lang, rng)}
         return TrainExample(None, None, None, sft)
-    align_lang = LANGUAGES[pick(rng, codes)]
-    scene = random_scene(rng, layout=params.layout)
     name = f"{index:06d}.png"
     align = None
     if len(scene.objs) == 1:  # stage 1 names one object per image: the words for what it looks like
@@ -318,11 +342,7 @@ class EvalItem:
 def make_eval_item(params: Params, index: int) -> EvalItem:
     """The same question about the same image in every language (PALO's eval set is parallel too)."""
     category = CATEGORIES[index % len(CATEGORIES)]
-    rng = example_rng(params.seed, "eval", index)
-    while True:
-        scene = random_scene(rng, layout=params.layout)
-        if category != "position" or any(scene.position_sides(k) for k in range(len(scene.objs))):
-            break
+    scene, rng = eval_scene(params, index)
     choice_seed = rng.random()
     qa = {code: ask(scene, category, lang, random.Random(choice_seed), example_rng(params.seed, "eval-" + code, index))
           for code, lang in LANGUAGES.items()}

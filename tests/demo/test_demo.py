@@ -42,3 +42,16 @@ def test_the_levers_reach_the_generator(monkeypatch):
     assert calls[0][:1] == ["demo.make_data"]
     assert "--align-positions" in calls[0] and calls[0][calls[0].index("--position-weight") + 1] == "3"
     assert calls[0][calls[0].index("--seed") + 1] == "2"
+
+
+def test_stage_one_starts_from_the_pretrained_tower(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(demo, "run", calls.append)
+    args = demo.parse_args(["--run-dir", str(tmp_path / "run"), "--seed", "1"])
+    tower = demo.pretrain_tower(args)
+    assert calls[-1][:1] == ["demo.tower"] and calls[-1][calls[-1].index("--out") + 1] == tower
+    demo.train(args, tower)
+    recipe = json.loads((tmp_path / "run" / "recipe.yaml").read_text(encoding="utf-8"))
+    assert f"train.init_from={tower}" in recipe["stages"][0]["overrides"]
+    assert not any(o.startswith("train.init_from") for o in recipe["stages"][1]["overrides"])
+    assert demo.pretrain_tower(demo.parse_args(["--tower-steps", "0"])) is None
