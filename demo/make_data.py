@@ -39,6 +39,8 @@ def parse_args(argv=None):
                     help="grid: each shape centred in a cell of a 3x3 grid; free: anywhere, any size, straddling "
                          "patches (default %(default)s)")
     ap.add_argument("--align-positions", action="store_true", help="stage-1 captions name the sides the object is on")
+    ap.add_argument("--align-scenes", choices=world.ALIGN_SCENES, default=d.align_scenes,
+                    help="stage-1 captions of the one-object images only, or of every image (default %(default)s)")
     ap.add_argument("--position-weight", type=int, default=d.position_weight,
                     help="weight of a position question among an object's questions, colour and shape 2 (default %(default)s)")
     ap.add_argument("--vocab-size", type=int, default=3000, help="tokenizer vocabulary size (default %(default)s)")
@@ -49,7 +51,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     params = world.Params(seed=args.seed, num_train=args.num_train, text_only_fraction=args.text_only_fraction,
                           num_eval=args.num_eval, image_size=args.image_size, layout=args.layout,
-                          align_positions=args.align_positions, position_weight=args.position_weight)
+                          align_positions=args.align_positions, position_weight=args.position_weight,
+                          align_scenes=args.align_scenes)
     try:
         params.validate()
     except ValueError as e:

@@ -47,7 +47,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.learning_rate <= 0:
         p.error("--steps and --batch-size must be >= 1 and --learning-rate > 0")
-    if dataset.read_manifest(args.data) is None:
+    args.manifest = dataset.read_manifest(args.data)
+    if args.manifest is None:
         p.error(f"--data: {args.data} holds no finished dataset (no readable {dataset.MANIFEST}); run demo.make_data")
     return args
 
@@ -79,8 +80,7 @@ def load_split(root: str, params: world.Params, split: str, grid: int) -> tuple[
 def settings(args, cfg) -> dict:
     from vlm_jax.config_io import to_dict
 
-    manifest = dataset.read_manifest(args.data)
-    return {"demo_tower": {"data_hash": manifest["content_hash"], "seed": args.seed, "steps": args.steps,
+    return {"demo_tower": {"data_hash": args.manifest["content_hash"], "seed": args.seed, "steps": args.steps,
                            "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                            "vision": to_dict(cfg.vision)}}
 
@@ -92,18 +92,20 @@ def train_tower(cfg, images: np.ndarray, labels: dict, args, progress=None):
     import optax
     from flax import linen as nn
 
+    from vlm_jax.config import OptimizerConfig
     from vlm_jax.models.vit import VisionTower
     from vlm_jax.models.vlm import normalize_images
+    from vlm_jax.optim import lr_schedule
 
     v = cfg.vision
     tower = VisionTower(v)
     grid = v.image_size // v.patch_size
     width = 1 + sum(HEADS.values()) + 2 * grid
-    k_tower, k_head, k_order = jax.random.split(jax.random.key(args.seed), 3)
+    k_tower, k_head = jax.random.split(jax.random.key(args.seed))
     params = {"tower": nn.unbox(tower.init(k_tower, jnp.zeros((1, v.image_size, v.image_size, 3)))["params"]),
               "head": {"kernel": jax.random.normal(k_head, (v.hidden_size, width)) * 0.02, "bias": jnp.zeros(width)}}
-    schedule = optax.warmup_cosine_decay_schedule(0.0, args.learning_rate, min(100, args.steps // 10 + 1), args.steps,
-                                                  args.learning_rate * 0.05)
+    warmup = min(100, args.steps // 10 + 1)
+    schedule = lr_schedule(args.learning_rate, OptimizerConfig(warmup_steps=warmup, min_lr_ratio=0.05), args.steps)
     opt = optax.adamw(schedule, weight_decay=0.0)
     state = opt.init(params)
     rows = jnp.repeat(jnp.arange(grid), grid)
@@ -140,11 +142,11 @@ def train_tower(cfg, images: np.ndarray, labels: dict, args, progress=None):
         updates, s = opt.update(grads, s, p)
         return optax.apply_updates(p, updates), s, loss
 
-    order = np.asarray(jax.random.permutation(k_order, len(images)))
-    pos = 0
+    rng = np.random.default_rng(args.seed)
+    order, pos = rng.permutation(len(images)), 0
     for i in range(args.steps):
         if pos + args.batch_size > len(order):
-            order, pos = np.random.default_rng(args.seed + i).permutation(len(images)), 0
+            order, pos = rng.permutation(len(images)), 0
         idx = order[pos:pos + args.batch_size]
         pos += args.batch_size
         params, state, loss = step(params, state, images[idx], labels["color"][idx], labels["shape"][idx])
@@ -196,8 +198,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vlm_jax.models.vlm import VLM
 
     t0 = time.time()
-    manifest = dataset.read_manifest(args.data)
-    params_w = world.Params(**manifest["params"])
+    params_w = world.Params(**args.manifest["params"])
     grid = cfg.vision.image_size // cfg.vision.patch_size
     images, labels = load_split(args.data, params_w, "train", grid)
     with tqdm(total=args.steps, desc="tower", unit="step", disable=args.quiet) as bar:

@@ -26,6 +26,7 @@ from vlm_jax.tokenizer import IMAGE_TOKEN
 GENERATOR_VERSION = 4
 CATEGORIES = ("color", "shape", "count", "position")
 LAYOUTS = ("grid", "free")
+ALIGN_SCENES = ("single", "all")
 FREE_SIZE = (0.06, 0.17)  # free layout: half-size range, as a fraction of the image side
 # Free layout: a shape is on the left (right, top, bottom) when its centre is within this fraction of
 # that edge; a centre in the middle band is on no side, and no position question asks about it.
@@ -78,6 +79,7 @@ class Params:
     layout: str = "grid"  # grid | free (see the module docstring)
     align_positions: bool = False  # stage-1 captions end with the sides the object is on
     position_weight: int = 1  # weight of a position question among an object's questions (colour 2, shape 2)
+    align_scenes: str = "single"  # single: stage 1 captions the one-object images; all: every image
 
     def validate(self):
         if self.layout not in LAYOUTS:
@@ -86,6 +88,8 @@ class Params:
             raise ValueError(f"image_size must be in [64, 96], got {self.image_size}")
         if self.num_train < 1 or self.num_eval < 0:
             raise ValueError("num_train must be >= 1 and num_eval >= 0")
+        if self.align_scenes not in ALIGN_SCENES:
+            raise ValueError(f"align_scenes must be one of {', '.join(ALIGN_SCENES)}, got {self.align_scenes!r}")
         if self.position_weight < 0:
             raise ValueError(f"position_weight must be >= 0, got {self.position_weight}")
         if not 0.0 <= self.text_only_fraction < 1.0:
@@ -222,10 +226,15 @@ def ask(scene: Scene, category: str, lang, rng: random.Random,
 
 
 def align_conversation(scene: Scene, lang, rng: random.Random, positions: bool = False):
+    """A stage-1 caption. With `positions`, each object gets a sentence of its own followed by the
+    sides it is on, left to right, so that a caption binds every object to its place."""
     # LLaVA's stage-1 records carry an instruction too; the `plain` template keeps only the caption.
-    caption = lang.caption(_pairs(scene), rng)
     if positions:
-        caption = lang.with_sides(caption, scene.position_sides(0))
+        sentences = [lang.with_sides(lang.caption([pair], rng), scene.position_sides(k))
+                     for k, pair in enumerate(_pairs(scene))]
+        caption = (" " if lang.spaced else "").join(sentences)
+    else:
+        caption = lang.caption(_pairs(scene), rng)
     return _with_image(_turn(lang.describe(rng), caption))
 
 
@@ -324,9 +333,11 @@ def make_train_example(params: Params, index: int) -> TrainExample:
         return TrainExample(None, None, None, sft)
     name = f"{index:06d}.png"
     align = None
-    if len(scene.objs) == 1:  # stage 1 names one object per image: the words for what it looks like
+    if len(scene.objs) == 1 or params.align_scenes == "all":  # by default stage 1 names one object per image
+        # a caption of several objects draws from its own RNG: the sft record stays the same
+        align_rng = rng if len(scene.objs) == 1 else example_rng(params.seed, "align", index)
         align = {"id": f"align-{index:06d}-{align_lang.code}", "image": name,
-                 "conversations": align_conversation(scene, align_lang, rng, params.align_positions)}
+                 "conversations": align_conversation(scene, align_lang, align_rng, params.align_positions)}
     sft = {"id": f"sft-{index:06d}-{lang.code}", "image": name, "conversations": sft_conversation(scene, lang, rng, params.position_weight)}
     return TrainExample(name, png_bytes(render(scene, params.image_size)), align, sft, scene)
 

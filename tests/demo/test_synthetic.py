@@ -399,3 +399,26 @@ def test_position_weight_asks_more_position_questions():
 
     default, heavy = position_share(1), position_share(4)
     assert 0.1 < default < 0.25 and heavy > 2 * default, (default, heavy)
+
+
+def test_align_all_scenes_captions_every_image_one_sentence_per_object_with_its_sides():
+    base = dict(num_train=200, num_eval=0, align_positions=True)
+    single, every = S.Params(**base), S.Params(**base, align_scenes="all")
+    multi = 0
+    for index in range(every.num_train):
+        ex, ex1 = S.make_train_example(every, index), S.make_train_example(single, index)
+        assert ex.align is not None and ex.png == ex1.png and ex.sft == ex1.sft
+        if len(ex.scene.objs) == 1:
+            assert ex.align == ex1.align
+            continue
+        multi += 1
+        lang, caption = _lang(ex.align), ex.align["conversations"][1]["value"]
+        at = 0
+        for o in ex.scene.objs:  # left to right: each object's colour and shape, then its side words
+            for word in [lang.shapes[o.shape]] + [lang.sides[s] for s in _sides_of(o)]:
+                found = caption.find(word, at)
+                assert found >= at, (caption, word)
+                at = found + len(word)
+    assert multi > 80
+    with pytest.raises(ValueError, match="align_scenes"):
+        S.Params(align_scenes="some").validate()
