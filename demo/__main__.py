@@ -1,7 +1,7 @@
 """The embedded default (`make demo`): a small multilingual VLM trained from scratch on CPU.
 
     python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--no-align-positions]
-                   [--position-weight 1] [--tower-steps 1500] [--quick]
+                   [--position-weight 1] [--sft-turns several] [--align-scenes single] [--tower-steps 1500] [--quick]
 
 Generates the shape-world dataset and tokenizer (once; --seed and --layout are passed to
 demo.make_data, and --seed is the training seed too), pretrains the vision tower on the generator's
@@ -47,6 +47,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="stage-1 captions also name the sides their object is on (default on; docs/demo.md)")
     p.add_argument("--position-weight", type=int, default=world.Params().position_weight,
                    help="weight of a position question among an object's sft questions, colour and shape 2 (default %(default)s)")
+    p.add_argument("--sft-turns", choices=world.SFT_TURNS, default=world.Params().sft_turns,
+                   help="questions per sft image: several (1-4) or one, as the held-out set asks (default %(default)s)")
+    p.add_argument("--align-scenes", choices=world.ALIGN_SCENES, default=world.Params().align_scenes,
+                   help="stage-1 captions of the one-object images only, or of every image (default %(default)s)")
     p.add_argument("--tower-steps", type=int, default=1500,
                    help="stage-0 steps of demo.tower; 0 keeps the tower at its random init (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset (same code path; for tests)")
@@ -178,7 +182,8 @@ def loss_curve(run_dir: str) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    levers = (["--align-positions"] if args.align_positions else []) + ["--position-weight", str(args.position_weight)]
+    levers = (["--align-positions"] if args.align_positions else []) + [
+        "--position-weight", str(args.position_weight), "--sft-turns", args.sft_turns, "--align-scenes", args.align_scenes]
     run(["demo.make_data", "--out", args.data, "--seed", str(args.seed), "--layout", args.layout, *levers,
          *(QUICK["data"] if args.quick else [])])
     checkpoint = train(args, pretrain_tower(args))

@@ -41,6 +41,8 @@ def parse_args(argv=None):
     ap.add_argument("--align-positions", action="store_true", help="stage-1 captions name the sides the object is on")
     ap.add_argument("--align-scenes", choices=world.ALIGN_SCENES, default=d.align_scenes,
                     help="stage-1 captions of the one-object images only, or of every image (default %(default)s)")
+    ap.add_argument("--sft-turns", choices=world.SFT_TURNS, default=d.sft_turns,
+                    help="questions per sft image: several (1-4) or one, as the held-out set asks (default %(default)s)")
     ap.add_argument("--position-weight", type=int, default=d.position_weight,
                     help="weight of a position question among an object's questions, colour and shape 2 (default %(default)s)")
     ap.add_argument("--vocab-size", type=int, default=3000, help="tokenizer vocabulary size (default %(default)s)")
@@ -52,7 +54,7 @@ def parse_args(argv=None):
     params = world.Params(seed=args.seed, num_train=args.num_train, text_only_fraction=args.text_only_fraction,
                           num_eval=args.num_eval, image_size=args.image_size, layout=args.layout,
                           align_positions=args.align_positions, position_weight=args.position_weight,
-                          align_scenes=args.align_scenes)
+                          align_scenes=args.align_scenes, sft_turns=args.sft_turns)
     try:
         params.validate()
     except ValueError as e:

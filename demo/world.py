@@ -27,6 +27,7 @@ GENERATOR_VERSION = 4
 CATEGORIES = ("color", "shape", "count", "position")
 LAYOUTS = ("grid", "free")
 ALIGN_SCENES = ("single", "all")
+SFT_TURNS = ("several", "one")
 FREE_SIZE = (0.06, 0.17)  # free layout: half-size range, as a fraction of the image side
 # Free layout: a shape is on the left (right, top, bottom) when its centre is within this fraction of
 # that edge; a centre in the middle band is on no side, and no position question asks about it.
@@ -80,6 +81,7 @@ class Params:
     align_positions: bool = False  # stage-1 captions end with the sides the object is on
     position_weight: int = 1  # weight of a position question among an object's questions (colour 2, shape 2)
     align_scenes: str = "single"  # single: stage 1 captions the one-object images; all: every image
+    sft_turns: str = "several"  # several: 1-4 questions an image; one: a single question (the eval's form)
 
     def validate(self):
         if self.layout not in LAYOUTS:
@@ -90,6 +92,8 @@ class Params:
             raise ValueError("num_train must be >= 1 and num_eval >= 0")
         if self.align_scenes not in ALIGN_SCENES:
             raise ValueError(f"align_scenes must be one of {', '.join(ALIGN_SCENES)}, got {self.align_scenes!r}")
+        if self.sft_turns not in SFT_TURNS:
+            raise ValueError(f"sft_turns must be one of {', '.join(SFT_TURNS)}, got {self.sft_turns!r}")
         if self.position_weight < 0:
             raise ValueError(f"position_weight must be >= 0, got {self.position_weight}")
         if not 0.0 <= self.text_only_fraction < 1.0:
@@ -249,13 +253,19 @@ def _object_question(scene: Scene, k: int, lang, rng: random.Random, position_we
     return (lang.ask_color if kind == "color" else lang.ask_shape)(o.color, o.shape, rng)
 
 
-def sft_conversation(scene: Scene, lang, rng: random.Random, position_weight: int = 1):
+def sft_conversation(scene: Scene, lang, rng: random.Random, position_weight: int = 1, one_turn: bool = False):
     """1-4 turns about one image whose answers can only be read off the image, never off another
     turn: each object is asked about once (a colour question names the shape, so a later shape
     question about the same object would give itself away), counting comes first (the objects
-    asked about later bound the count) and a description is a conversation of its own."""
+    asked about later bound the count) and a description is a conversation of its own.
+    `one_turn`: a single question, as the held-out set asks them: the first word after
+    "<image>\n" is then a piece without "▁" in every example, not only in first turns."""
     if rng.random() < 0.1:
         return _with_image(_turn(lang.describe(rng), lang.caption(_pairs(scene), rng)))
+    if one_turn:
+        if rng.random() < 0.2:
+            return _with_image(_turn(*lang.ask_count(len(scene.objs), rng)))
+        return _with_image(_turn(*_object_question(scene, rng.randrange(len(scene.objs)), lang, rng, position_weight)))
     conversations = []
     if rng.random() < 0.3:
         conversations += _turn(*lang.ask_count(len(scene.objs), rng))
@@ -338,7 +348,8 @@ def make_train_example(params: Params, index: int) -> TrainExample:
         align_rng = rng if len(scene.objs) == 1 else example_rng(params.seed, "align", index)
         align = {"id": f"align-{index:06d}-{align_lang.code}", "image": name,
                  "conversations": align_conversation(scene, align_lang, align_rng, params.align_positions)}
-    sft = {"id": f"sft-{index:06d}-{lang.code}", "image": name, "conversations": sft_conversation(scene, lang, rng, params.position_weight)}
+    sft = {"id": f"sft-{index:06d}-{lang.code}", "image": name, "conversations": sft_conversation(
+        scene, lang, rng, params.position_weight, params.sft_turns == "one")}
     return TrainExample(name, png_bytes(render(scene, params.image_size)), align, sft, scene)
 
 

@@ -7,6 +7,7 @@ import os
 import pytest
 
 import demo.__main__ as demo
+from demo import make_data
 
 
 def test_quick_demo_runs_end_to_end(tmp_path):
@@ -38,9 +39,12 @@ def test_the_levers_reach_the_generator(monkeypatch):
 
     monkeypatch.setattr(demo, "run", run)
     with pytest.raises(Stop):
-        demo.main(["--align-positions", "--position-weight", "3", "--data", "d", "--seed", "2"])
+        demo.main(["--align-positions", "--position-weight", "3", "--data", "d", "--seed", "2",
+                   "--sft-turns", "one", "--align-scenes", "all"])
     assert calls[0][:1] == ["demo.make_data"]
     assert "--align-positions" in calls[0] and calls[0][calls[0].index("--position-weight") + 1] == "3"
+    assert calls[0][calls[0].index("--sft-turns") + 1] == "one" and calls[0][calls[0].index("--align-scenes") + 1] == "all"
+    make_data.parse_args(calls[0][1:])  # every lever is one the generator accepts
     assert calls[0][calls[0].index("--seed") + 1] == "2"
 
 

@@ -1,5 +1,6 @@
 """The generated demo dataset (demo/world.py, dataset.py, languages.py) and its tokenizer (tools/train_tokenizer.py)."""
 
+import collections
 import json
 import os
 import random
@@ -422,3 +423,18 @@ def test_align_all_scenes_captions_every_image_one_sentence_per_object_with_its_
     assert multi > 80
     with pytest.raises(ValueError, match="align_scenes"):
         S.Params(align_scenes="some").validate()
+
+
+def test_sft_turns_one_asks_a_single_question_of_each_image():
+    params = S.Params(num_train=300, num_eval=0, sft_turns="one")
+    kinds = collections.Counter()
+    for index in range(params.num_train):
+        ex = S.make_train_example(params, index)
+        turns = ex.sft["conversations"]
+        assert len(turns) == 2 and turns[0]["value"].startswith(S.IMAGE_TOKEN + "\n"), turns
+        lang, answer = _lang(ex.sft), turns[1]["value"]
+        kinds["count" if answer in lang.numbers else "position" if answer in lang.sides else
+              "shape" if answer in lang.shapes else "caption" if len(answer) > 12 else "color"] += 1
+    assert all(kinds[k] > 15 for k in ("count", "position", "shape", "color", "caption")), kinds
+    with pytest.raises(ValueError, match="sft_turns"):
+        S.Params(sft_turns="two").validate()
