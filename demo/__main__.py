@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Optional
 
-from demo import language_scripts, languages, world
+from demo import language_scripts, languages, make_data, world
 
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "recipe.yaml")
 QUICK = {  # a few steps through the same code path (the test suite's reduced demo)
@@ -49,10 +49,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     # 57.5-73.5% to 75.5-94.5% (docs/demo.md)
     p.add_argument("--position-weight", type=int, default=2,
                    help="weight of a position question among an object's sft questions, colour and shape 2 (default %(default)s)")
-    p.add_argument("--sft-turns", choices=world.SFT_TURNS, default=world.Params().sft_turns,
-                   help="questions per sft image: several (1-4) or one, as the held-out set asks (default %(default)s)")
-    p.add_argument("--align-scenes", choices=world.ALIGN_SCENES, default=world.Params().align_scenes,
-                   help="stage-1 captions of the one-object images only, or of every image (default %(default)s)")
+    make_data.add_mix_arguments(p)
     p.add_argument("--tower-steps", type=int, default=1500,
                    help="stage-0 steps of demo.tower; 0 keeps the tower at its random init (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset (same code path; for tests)")
@@ -185,7 +182,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
     levers = (["--align-positions"] if args.align_positions else []) + [
-        "--position-weight", str(args.position_weight), "--sft-turns", args.sft_turns, "--align-scenes", args.align_scenes]
+        "--position-weight", str(args.position_weight), *make_data.mix_argv(args)]
     run(["demo.make_data", "--out", args.data, "--seed", str(args.seed), "--layout", args.layout, *levers,
          *(QUICK["data"] if args.quick else [])])
     checkpoint = train(args, pretrain_tower(args))

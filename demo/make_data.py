@@ -21,6 +21,20 @@ from demo import dataset, languages, world
 from tools.train_tokenizer import build_tokenizer
 
 
+def add_mix_arguments(p: argparse.ArgumentParser) -> None:
+    """The data-mix options that `python -m demo` takes and forwards to this generator (`mix_argv`)."""
+    d = world.Params()
+    p.add_argument("--align-scenes", choices=world.ALIGN_SCENES, default=d.align_scenes,
+                   help="stage-1 captions of the one-object images only, or of every image (default %(default)s)")
+    p.add_argument("--sft-turns", choices=world.SFT_TURNS, default=d.sft_turns,
+                   help="questions per sft image: several (1-4) or one, as the held-out set asks (default %(default)s)")
+
+
+def mix_argv(args: argparse.Namespace) -> list[str]:
+    """The command-line form of the options `add_mix_arguments` added."""
+    return ["--align-scenes", args.align_scenes, "--sft-turns", args.sft_turns]
+
+
 def parse_args(argv=None):
     d = world.Params()
     ap = argparse.ArgumentParser(prog="python -m demo.make_data", description=__doc__.split("\n\n")[0],
@@ -39,10 +53,7 @@ def parse_args(argv=None):
                     help="grid: each shape centred in a cell of a 3x3 grid; free: anywhere, any size, straddling "
                          "patches (default %(default)s)")
     ap.add_argument("--align-positions", action="store_true", help="stage-1 captions name the sides the object is on")
-    ap.add_argument("--align-scenes", choices=world.ALIGN_SCENES, default=d.align_scenes,
-                    help="stage-1 captions of the one-object images only, or of every image (default %(default)s)")
-    ap.add_argument("--sft-turns", choices=world.SFT_TURNS, default=d.sft_turns,
-                    help="questions per sft image: several (1-4) or one, as the held-out set asks (default %(default)s)")
+    add_mix_arguments(ap)
     ap.add_argument("--position-weight", type=int, default=d.position_weight,
                     help="weight of a position question among an object's questions, colour and shape 2 (default %(default)s)")
     ap.add_argument("--vocab-size", type=int, default=3000, help="tokenizer vocabulary size (default %(default)s)")
