@@ -67,7 +67,7 @@ def batch_arrays(cfg, n_img: int, batch: int, seq: int, seed: int = 0) -> dict:
 def time_ours(mcfg, batch: int, seq: int, steps: int) -> dict:
     import jax
 
-    from train.trainer import build_step
+    from train.step import build_step
     from vlm_jax import optim, sharding
     from vlm_jax.config import Config, MeshConfig
 

@@ -30,6 +30,7 @@ from demo.languages import COLORS, SHAPES
 
 MODEL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "model.yaml")
 HEADS = {"color": len(COLORS), "shape": len(SHAPES)}  # classes of the objects centred in a patch
+POSITION_TARGETS = ("every-patch", "objects")
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -42,6 +43,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1500, help="(default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default %(default)s)")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="peak AdamW learning rate (default %(default)s)")
+    p.add_argument("--position-target", choices=POSITION_TARGETS, default="every-patch",
+                   help="which patches learn their row and column: every patch, or only those an object is centred "
+                        "in (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="model config overrides (model.vision.*, ...)")
     args = p.parse_args(argv)
@@ -82,6 +86,7 @@ def settings(args, cfg) -> dict:
 
     return {"demo_tower": {"data_hash": args.manifest["content_hash"], "seed": args.seed, "steps": args.steps,
                            "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+                           **({} if args.position_target == "every-patch" else {"position_target": args.position_target}),
                            "vision": to_dict(cfg.vision)}}
 
 
@@ -131,10 +136,14 @@ def train_tower(cfg, images: np.ndarray, labels: dict, args, progress=None):
         lo, lc, ls, lr, lk = split_logits(readout(p, pixels))
         occupied = (color.sum(-1) > 0).astype(jnp.float32)
         n = pixels.shape[0]
+        row, col = jnp.broadcast_to(rows, (n, rows.size)), jnp.broadcast_to(cols, (n, cols.size))
         pos = optax.softmax_cross_entropy_with_integer_labels
+        if args.position_target == "every-patch":
+            position = pos(lr, row).mean() + pos(lk, col).mean()
+        else:  # background patches are left free to carry no position
+            position = ((pos(lr, row) + pos(lk, col)) * occupied).sum() / jnp.maximum(occupied.sum(), 1.0)
         return (optax.sigmoid_binary_cross_entropy(lo, occupied).mean() + masked_ce(lc, color, occupied)
-                + masked_ce(ls, shape, occupied) + pos(lr, jnp.broadcast_to(rows, (n, rows.size))).mean()
-                + pos(lk, jnp.broadcast_to(cols, (n, cols.size))).mean())
+                + masked_ce(ls, shape, occupied) + position)
 
     @jax.jit
     def step(p, s, pixels, color, shape):
@@ -155,7 +164,7 @@ def train_tower(cfg, images: np.ndarray, labels: dict, args, progress=None):
     return params, jax.jit(lambda p, x: split_logits(readout(p, x)))
 
 
-def readout_accuracy(params, predict, images: np.ndarray, labels: dict, grid: int) -> dict:
+def readout_accuracy(params, predict, images: np.ndarray, labels: dict, grid: int, every_patch: bool = True) -> dict:
     """Held-out accuracy of the read-out: per occupied patch, the colour and the shape it predicts
     are among those centred there; per patch, occupied or not, and its row and column."""
     hits = {"color": [], "shape": [], "occupied": [], "position": []}
@@ -167,7 +176,8 @@ def readout_accuracy(params, predict, images: np.ndarray, labels: dict, grid: in
         for key, logits, target in (("color", lc, color), ("shape", ls, shape)):
             hits[key].append(np.take_along_axis(target, logits.argmax(-1)[..., None], -1)[..., 0][occ] > 0)
         hits["occupied"].append(((lo > 0) == occ).ravel())
-        hits["position"].append(((lr.argmax(-1) == cells // grid) & (lk.argmax(-1) == cells % grid)).ravel())
+        where = np.ones_like(occ) if every_patch else occ
+        hits["position"].append(((lr.argmax(-1) == cells // grid) & (lk.argmax(-1) == cells % grid))[where])
     return {k: float(np.concatenate(v).mean()) for k, v in hits.items()}
 
 
@@ -209,7 +219,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         trained, predict = train_tower(cfg, images, labels, args, progress)
     eval_images, eval_labels = load_split(args.data, params_w, "eval", grid)
-    acc = readout_accuracy(trained, predict, eval_images, eval_labels, grid)
+    acc = readout_accuracy(trained, predict, eval_images, eval_labels, grid, args.position_target == "every-patch")
     print("held-out read-out: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
           + f" ({len(eval_images)} images, {time.time() - t0:.0f}s)")
     params = VLM(cfg).init_params(jax.random.key(args.seed))

@@ -19,7 +19,7 @@ import numpy as np
 
 from train import flops as flops_lib
 from train import topologies
-from train.trainer import build_step
+from train.step import build_step
 from vlm_jax import config_check, optim, sharding
 from vlm_jax.config import Config
 from vlm_jax.models.attention import resolve_impl

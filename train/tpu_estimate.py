@@ -18,7 +18,7 @@ from typing import Any
 
 from train import flops as flops_lib
 from train import metrics
-from train.trainer import build_step
+from train.step import build_step
 from vlm_jax.config import Config
 from vlm_jax.models.attention import FUSED_IMPLS
 from vlm_jax.models.vit import num_layers_used

@@ -110,3 +110,29 @@ def test_a_short_run_learns_colour_shape_and_position(grid_data, tmp_path):
     acc = tower.readout_accuracy(trained, predict, eval_images, eval_labels, 3)
     # chance: colour 1/6, shape 1/4, position 1/9
     assert acc["occupied"] >= 0.95 and acc["position"] >= 0.75 and acc["color"] >= 0.9 and acc["shape"] >= 0.5, acc
+
+
+def test_position_target_objects_scores_and_records_only_the_occupied_patches(grid_data, tmp_path, capsys):
+    params = world.Params(**dataset.read_manifest(grid_data)["params"])
+    images, labels = tower.load_split(grid_data, params, "eval", 3)
+    occupied = labels["color"].sum(-1) > 0
+    cells = np.arange(9)
+
+    def predict(_, batch):  # the right row and column on occupied patches, a wrong one elsewhere
+        n = len(batch)
+        occ = occupied[:n]
+        row = np.where(occ, cells // 3, (cells // 3 + 1) % 3)
+        one_hot = lambda idx: np.eye(3)[idx]
+        return (np.where(occ, 1.0, -1.0), np.eye(6)[labels["color"][:n].argmax(-1)], np.eye(4)[labels["shape"][:n].argmax(-1)],
+                one_hot(row), one_hot(np.broadcast_to(cells % 3, row.shape)))
+
+    everywhere = tower.readout_accuracy(None, predict, images, labels, 3)
+    on_objects = tower.readout_accuracy(None, predict, images, labels, 3, every_patch=False)
+    assert on_objects["position"] == 1.0 and everywhere["position"] == pytest.approx(occupied.mean())
+
+    out = str(tmp_path / "tower")
+    argv = ["--data", grid_data, "--out", out, "--steps", "3", "--batch-size", "8", "--quiet", *VOCAB]
+    assert tower.main([*argv, "--position-target", "objects"]) == 0
+    marker = json.load(open(os.path.join(out, ckpt_lib.MODEL_MARKER), encoding="utf-8"))
+    assert marker["demo_tower"]["position_target"] == "objects"
+    assert tower.main(argv) == 2 and "other settings" in capsys.readouterr().err  # every-patch is another tower

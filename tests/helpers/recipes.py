@@ -164,7 +164,7 @@ def train_steps(cfg: Config) -> list[float]:
     import jax
 
     from train import data as data_lib
-    from train import trainer
+    from train import step as step_lib
     from vlm_jax import sharding
     from vlm_jax.config import to_dict
 
@@ -174,7 +174,7 @@ def train_steps(cfg: Config) -> list[float]:
     # a non-cryptographic PRNG: init compiles in half the time on CPU; the trainer's default is unchanged
     with jax.default_prng_impl("unsafe_rbg"):
         if key not in _COMPILED:
-            setup = trainer.build_step(cfg, mesh, steps)
+            setup = step_lib.build_step(cfg, mesh, steps)
             init = setup.init.lower(cfg.seed).compile(compiler_options=_FAST_COMPILE)
             step = setup.train_step.lower(init(cfg.seed), setup.abstract_batch).compile(
                 compiler_options=_FAST_COMPILE)  # the state's rng is an unsafe_rbg key here: lower on a real one

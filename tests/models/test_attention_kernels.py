@@ -76,7 +76,7 @@ def _tiny_vlm_loss_and_grads(attention: str):
     import dataclasses
 
     from tests.helpers.train_standin import tiny_config
-    from train import data as data_lib, trainer as step_lib
+    from train import data as data_lib, step as step_lib
     from vlm_jax import losses, sharding
     from vlm_jax.config import MeshConfig
     from vlm_jax.models.vlm import VLM

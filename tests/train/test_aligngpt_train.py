@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers.data import IMAGE_TOKEN, data_config, loader_kwargs, make_records, write_images, write_json
 from tests.helpers.params import random_params
-from train import trainer
+from train import step as step_lib
 from vlm_jax import sharding
 from vlm_jax.config import Config, DecoderConfig, MeshConfig, ModelConfig, VisionConfig, load
 from vlm_jax.data.pipeline import DataLoader
@@ -49,7 +49,7 @@ def batch(cfg: Config, tmp_path) -> dict:
 
 def train(cfg: Config, b: dict, steps: int):
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-    setup = trainer.build_step(cfg, mesh, cfg.train.num_steps)
+    setup = step_lib.build_step(cfg, mesh, cfg.train.num_steps)
     params = random_params(setup.model, 0, 0.02)  # no compiled initialiser: saves a compile
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": setup.tx.init(params),
              "rng": jax.random.key_data(jax.random.key(1))}

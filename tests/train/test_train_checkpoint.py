@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.train_standin import StandInVLM, tiny_config
+from train import step as step_lib
 from train import trainer
 from vlm_jax import checkpoint as ck
 from vlm_jax import sharding
@@ -18,7 +19,7 @@ from vlm_jax.config import MeshConfig
 def setup():
     cfg = tiny_config()
     cfg.mesh = MeshConfig(data=2, fsdp=2, tensor=2)
-    return trainer.build_step(cfg, sharding.make_mesh(cfg.mesh), 10, model=StandInVLM(cfg.model))
+    return step_lib.build_step(cfg, sharding.make_mesh(cfg.mesh), 10, model=StandInVLM(cfg.model))
 
 
 def _state_at(setup, step):

@@ -8,7 +8,7 @@ from flax import traverse_util
 
 from tests.helpers.train_standin import StandInVLM, tiny_config
 from train import data as data_lib
-from train import trainer
+from train import step as step_lib
 from vlm_jax import sharding
 from vlm_jax.config import Config, MeshConfig
 
@@ -23,7 +23,7 @@ def make_model(kind, cfg):
 def run_steps(cfg: Config, mesh_cfg: MeshConfig, devices, n: int, state=None, model=None):
     cfg.mesh = mesh_cfg
     mesh = sharding.make_mesh(mesh_cfg, devices)
-    setup = trainer.build_step(cfg, mesh, cfg.train.num_steps, model=model)
+    setup = step_lib.build_step(cfg, mesh, cfg.train.num_steps, model=model)
     state = setup.init(cfg.seed) if state is None else state
     gb = cfg.train.global_batch_size
     loader = data_lib.make_loader(cfg, "train", gb, 0, gb, 0, 1)
