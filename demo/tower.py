@@ -5,7 +5,8 @@
 LLaVA starts from a CLIP tower pretrained on web images; the demo has no hub, so it pretrains its own
 tower on the shape world's labels, supervised as an image classifier is. Every patch learns, through a
 linear read-out of the features LLaVA selects (`vision.select_layer`), whether an object's centre
-lies in it, that object's colour and shape, and the patch's own row and column. A frozen random tower
+lies in it, that object's colour and shape, and the patch's own row and column (with
+`--position-target objects`, only the patches an object is centred in). A frozen random tower
 keeps colour salient (it dominates the pixels) but not shape, so a decoder trained on it learns the
 look-up by colour and not the one by shape; this stage makes both salient, and the position too.
 
