@@ -127,11 +127,13 @@ def train_tower(cfg, images: np.ndarray, labels: dict, args, progress=None):
         return (logits[..., 0], logits[..., 1:1 + c], logits[..., 1 + c:1 + c + s],
                 logits[..., 1 + c + s:1 + c + s + grid], logits[..., 1 + c + s + grid:])
 
+    def occupied_mean(per_patch, occupied):
+        return (per_patch * occupied).sum() / jnp.maximum(occupied.sum(), 1.0)
+
     def masked_ce(logits, multi_hot, occupied):
         # a patch holding two centres (free layout) splits its target between them
         target = multi_hot / jnp.maximum(multi_hot.sum(-1, keepdims=True), 1.0)
-        ce = optax.softmax_cross_entropy(logits, target)
-        return (ce * occupied).sum() / jnp.maximum(occupied.sum(), 1.0)
+        return occupied_mean(optax.softmax_cross_entropy(logits, target), occupied)
 
     def loss_fn(p, pixels, color, shape):
         lo, lc, ls, lr, lk = split_logits(readout(p, pixels))
@@ -142,7 +144,7 @@ def train_tower(cfg, images: np.ndarray, labels: dict, args, progress=None):
         if args.position_target == "every-patch":
             position = pos(lr, row).mean() + pos(lk, col).mean()
         else:  # background patches are left free to carry no position
-            position = ((pos(lr, row) + pos(lk, col)) * occupied).sum() / jnp.maximum(occupied.sum(), 1.0)
+            position = occupied_mean(pos(lr, row) + pos(lk, col), occupied)
         return (optax.sigmoid_binary_cross_entropy(lo, occupied).mean() + masked_ce(lc, color, occupied)
                 + masked_ce(ls, shape, occupied) + position)
 
