@@ -1,7 +1,8 @@
 """The embedded default (`make demo`): a small multilingual VLM trained from scratch on CPU.
 
     python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--no-align-positions]
-                   [--position-weight 2] [--sft-turns several] [--align-scenes single] [--tower-steps 1500] [--quick]
+                   [--position-weight 2] [--sft-turns several] [--align-scenes single] [--tower-steps 1500]
+                   [--position-target objects] [--quick]
 
 Generates the shape-world dataset and tokenizer (once; --seed and --layout are passed to
 demo.make_data, and --seed is the training seed too), pretrains the vision tower on the generator's
@@ -23,6 +24,7 @@ import time
 from typing import Optional
 
 from demo import language_scripts, languages, make_data, world
+from demo.tower import POSITION_TARGETS
 
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "recipe.yaml")
 QUICK = {  # a few steps through the same code path (the test suite's reduced demo)
@@ -52,6 +54,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     make_data.add_mix_arguments(p)
     p.add_argument("--tower-steps", type=int, default=1500,
                    help="stage-0 steps of demo.tower; 0 keeps the tower at its random init (default %(default)s)")
+    # objects, not demo.tower's every-patch: an object's side is then read off its own patch, not
+    # off the empty cells around it, which fails with 2-3 objects (docs/demo.md)
+    p.add_argument("--position-target", choices=POSITION_TARGETS, default="objects",
+                   help="patches whose row and column demo.tower trains (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset (same code path; for tests)")
     p.add_argument("--eval-batch-size", type=int, default=40)
     args = p.parse_args(argv)
@@ -80,6 +86,7 @@ def pretrain_tower(args) -> Optional[str]:
         return None
     out = os.path.join(args.run_dir, "tower")
     run(["demo.tower", "--data", args.data, "--out", out, "--seed", str(args.seed),
+         "--position-target", args.position_target,
          *(QUICK["tower"] if args.quick else ["--steps", str(args.tower_steps)])])
     return out
 

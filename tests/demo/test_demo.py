@@ -54,6 +54,7 @@ def test_stage_one_starts_from_the_pretrained_tower(monkeypatch, tmp_path):
     args = demo.parse_args(["--run-dir", str(tmp_path / "run"), "--seed", "1"])
     tower = demo.pretrain_tower(args)
     assert calls[-1][:1] == ["demo.tower"] and calls[-1][calls[-1].index("--out") + 1] == tower
+    assert calls[-1][calls[-1].index("--position-target") + 1] == "objects"
     demo.train(args, tower)
     recipe = json.loads((tmp_path / "run" / "recipe.yaml").read_text(encoding="utf-8"))
     assert f"train.init_from={tower}" in recipe["stages"][0]["overrides"]
