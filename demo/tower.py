@@ -46,7 +46,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=2e-3, help="peak AdamW learning rate (default %(default)s)")
     p.add_argument("--position-target", choices=POSITION_TARGETS, default="every-patch",
                    help="which patches learn their row and column: every patch, or only those an object is centred "
-                        "in (default %(default)s)")
+                        "in (default %(default)s; python -m demo passes objects)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="model config overrides (model.vision.*, ...)")
     args = p.parse_args(argv)
