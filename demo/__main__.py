@@ -68,7 +68,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def run(cmd: list[str]) -> None:
     print(f"\n$ {' '.join(cmd)}", flush=True)
-    subprocess.run([sys.executable, "-m", *cmd], check=True)
+    code = subprocess.run([sys.executable, "-m", *cmd]).returncode
+    if code:  # the step printed its own error: pass its exit code on (2: bad usage or a refused folder)
+        raise SystemExit(code)
 
 
 def stage_overrides(args) -> list[str]:

@@ -28,11 +28,14 @@ def add_mix_arguments(p: argparse.ArgumentParser) -> None:
                    help="stage-1 captions of the one-object images only, or of every image (default %(default)s)")
     p.add_argument("--sft-turns", choices=world.SFT_TURNS, default=d.sft_turns,
                    help="questions per sft image: several (1-4) or one, as the held-out set asks (default %(default)s)")
+    p.add_argument("--objects-weights", default=d.objects_weights, metavar="W1,W2,W3",
+                   help="relative weights of training images with 1, 2 and 3 objects; the held-out set stays "
+                        "uniform (default %(default)s)")
 
 
 def mix_argv(args: argparse.Namespace) -> list[str]:
     """The command-line form of the options `add_mix_arguments` added."""
-    return ["--align-scenes", args.align_scenes, "--sft-turns", args.sft_turns]
+    return ["--align-scenes", args.align_scenes, "--sft-turns", args.sft_turns, "--objects-weights", args.objects_weights]
 
 
 def parse_args(argv=None):
@@ -65,7 +68,8 @@ def parse_args(argv=None):
     params = world.Params(seed=args.seed, num_train=args.num_train, text_only_fraction=args.text_only_fraction,
                           num_eval=args.num_eval, image_size=args.image_size, layout=args.layout,
                           align_positions=args.align_positions, position_weight=args.position_weight,
-                          align_scenes=args.align_scenes, sft_turns=args.sft_turns)
+                          align_scenes=args.align_scenes, sft_turns=args.sft_turns,
+                          objects_weights=args.objects_weights)
     try:
         params.validate()
     except ValueError as e:

@@ -52,6 +52,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.learning_rate <= 0:
         p.error("--steps and --batch-size must be >= 1 and --learning-rate > 0")
+    args.every_patch = args.position_target == "every-patch"
     args.manifest = dataset.read_manifest(args.data)
     if args.manifest is None:
         p.error(f"--data: {args.data} holds no finished dataset (no readable {dataset.MANIFEST}); run demo.make_data")
@@ -87,7 +88,7 @@ def settings(args, cfg) -> dict:
 
     return {"demo_tower": {"data_hash": args.manifest["content_hash"], "seed": args.seed, "steps": args.steps,
                            "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                           **({} if args.position_target == "every-patch" else {"position_target": args.position_target}),
+                           **({} if args.every_patch else {"position_target": args.position_target}),
                            "vision": to_dict(cfg.vision)}}
 
 
@@ -141,7 +142,7 @@ def train_tower(cfg, images: np.ndarray, labels: dict, args, progress=None):
         n = pixels.shape[0]
         row, col = jnp.broadcast_to(rows, (n, rows.size)), jnp.broadcast_to(cols, (n, cols.size))
         pos = optax.softmax_cross_entropy_with_integer_labels
-        if args.position_target == "every-patch":
+        if args.every_patch:
             position = pos(lr, row).mean() + pos(lk, col).mean()
         else:  # background patches are left free to carry no position
             position = occupied_mean(pos(lr, row) + pos(lk, col), occupied)
@@ -222,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         trained, predict = train_tower(cfg, images, labels, args, progress)
     eval_images, eval_labels = load_split(args.data, params_w, "eval", grid)
-    acc = readout_accuracy(trained, predict, eval_images, eval_labels, grid, args.position_target == "every-patch")
+    acc = readout_accuracy(trained, predict, eval_images, eval_labels, grid, args.every_patch)
     print("held-out read-out: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
           + f" ({len(eval_images)} images, {time.time() - t0:.0f}s)")
     params = VLM(cfg).init_params(jax.random.key(args.seed))

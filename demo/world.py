@@ -82,6 +82,15 @@ class Params:
     position_weight: int = 1  # weight of a position question among an object's questions (colour 2, shape 2)
     align_scenes: str = "single"  # single: stage 1 captions the one-object images; all: every image
     sft_turns: str = "several"  # several: 1-4 questions an image; one: a single question (the eval's form)
+    # relative weights of training images with 1, 2 and 3 objects ("1,1,1": randint's uniform draw,
+    # kept so that the default data stays the same); the held-out set stays uniform
+    objects_weights: str = "1,1,1"
+
+    @property
+    def train_object_weights(self) -> Optional[tuple[int, ...]]:
+        """The weights of `objects_weights`, or None for the uniform draw."""
+        w = tuple(int(x) for x in self.objects_weights.split(","))
+        return None if w == (1, 1, 1) else w
 
     def validate(self):
         if self.layout not in LAYOUTS:
@@ -96,6 +105,13 @@ class Params:
             raise ValueError(f"sft_turns must be one of {', '.join(SFT_TURNS)}, got {self.sft_turns!r}")
         if self.position_weight < 0:
             raise ValueError(f"position_weight must be >= 0, got {self.position_weight}")
+        try:
+            w = [int(x) for x in self.objects_weights.split(",")]
+        except ValueError:
+            w = []
+        if len(w) != 3 or min(w) < 0 or not sum(w):
+            raise ValueError(f"objects_weights must be three weights >= 0 (of 1, 2 and 3 objects), not all 0, "
+                             f"as in 1,2,3; got {self.objects_weights!r}")
         if not 0.0 <= self.text_only_fraction < 1.0:
             raise ValueError(f"text_only_fraction must be in [0, 1), got {self.text_only_fraction}")
 
@@ -315,7 +331,9 @@ def _train_draws(params: Params, index: int):
     if index >= params.num_train:
         return rng, lang, None, None
     align_lang = LANGUAGES[pick(rng, codes)]
-    return rng, lang, align_lang, random_scene(rng, layout=params.layout)
+    weights = params.train_object_weights
+    n = rng.choices((1, 2, 3), weights=weights)[0] if weights else None
+    return rng, lang, align_lang, random_scene(rng, n, layout=params.layout)
 
 
 def train_scene(params: Params, index: int) -> Scene:

@@ -438,3 +438,17 @@ def test_sft_turns_one_asks_a_single_question_of_each_image():
     assert all(kinds[k] > 15 for k in ("count", "position", "shape", "color", "caption")), kinds
     with pytest.raises(ValueError, match="sft_turns"):
         S.Params(sft_turns="two").validate()
+
+
+def test_objects_weights_skew_the_training_images_and_leave_the_default_and_eval_alone():
+    uniform, skewed = S.Params(num_train=600, num_eval=0), S.Params(num_train=600, num_eval=0, objects_weights="0,1,3")
+    assert uniform.train_object_weights is None
+    default = [len(S.train_scene(uniform, i).objs) for i in range(600)]
+    counts = collections.Counter(len(S.train_scene(skewed, i).objs) for i in range(600))
+    assert counts[1] == 0 and counts[3] > 2 * counts[2], counts
+    assert collections.Counter(default)[1] > 150  # the default draw is randint's, about a third each
+    assert [len(S.eval_scene(skewed, i)[0].objs) for i in range(40)] == \
+        [len(S.eval_scene(uniform, i)[0].objs) for i in range(40)]
+    for bad in ("1,2", "0,0,0", "a,b,c", "1,-1,2"):
+        with pytest.raises(ValueError, match="objects_weights"):
+            S.Params(objects_weights=bad).validate()
