@@ -89,7 +89,7 @@ class Params:
     @property
     def train_object_weights(self) -> Optional[tuple[int, ...]]:
         """The weights of `objects_weights`, or None for the uniform draw."""
-        w = tuple(int(x) for x in self.objects_weights.split(","))
+        w = _object_weights(self.objects_weights)
         return None if w == (1, 1, 1) else w
 
     def validate(self):
@@ -105,19 +105,25 @@ class Params:
             raise ValueError(f"sft_turns must be one of {', '.join(SFT_TURNS)}, got {self.sft_turns!r}")
         if self.position_weight < 0:
             raise ValueError(f"position_weight must be >= 0, got {self.position_weight}")
-        try:
-            w = [int(x) for x in self.objects_weights.split(",")]
-        except ValueError:
-            w = []
-        if len(w) != 3 or min(w) < 0 or not sum(w):
-            raise ValueError(f"objects_weights must be three weights >= 0 (of 1, 2 and 3 objects), not all 0, "
-                             f"as in 1,2,3; got {self.objects_weights!r}")
+        _object_weights(self.objects_weights)
         if not 0.0 <= self.text_only_fraction < 1.0:
             raise ValueError(f"text_only_fraction must be in [0, 1), got {self.text_only_fraction}")
 
     @property
     def num_text_only(self) -> int:
         return round(self.num_train * self.text_only_fraction / (1.0 - self.text_only_fraction))
+
+
+def _object_weights(text: str) -> tuple[int, ...]:
+    """The three weights of `Params.objects_weights` ("1,2,3"); ValueError naming the field if malformed."""
+    try:
+        w = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        w = ()
+    if len(w) != 3 or min(w) < 0 or not sum(w):
+        raise ValueError(f"objects_weights must be three weights >= 0 (of 1, 2 and 3 objects), not all 0, "
+                         f"as in 1,2,3; got {text!r}")
+    return w
 
 
 def example_rng(seed: int, split: str, index: int) -> random.Random:
