@@ -1,6 +1,7 @@
 """The embedded default (`make demo`): a small multilingual VLM trained from scratch on CPU.
 
-    python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--no-align-positions]
+    python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--image-size 96]
+                   [--patch-size 32] [--no-align-positions]
                    [--position-weight 2] [--sft-turns several] [--align-scenes single] [--tower-steps 1500]
                    [--position-target objects] [--quick]
 
@@ -34,6 +35,10 @@ QUICK = {  # a few steps through the same code path (the test suite's reduced de
               "data.seq_len=256"],
 }
 SAMPLES = (("english", 0), ("chinese", 1))  # (language folder, question index)
+# (image side, ViT patch) per layout: on the grid a patch is one 32 px cell, one object; a free shape
+# straddles patches, and 32 px patches of it leave its shape unread (docs/demo.md: tower read-out
+# shape 73.5% at 32 px, 93.4% at 16 px on 64 px images, 16 tokens an image)
+GEOMETRY = {"grid": (96, 32), "free": (64, 16)}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -45,6 +50,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="seed of the dataset, the tokenizer and the training run (init and data order) (default %(default)s)")
     p.add_argument("--layout", choices=world.LAYOUTS, default="grid",
                    help="grid: each shape in a cell of a 3x3 grid; free: anywhere, any size (default %(default)s)")
+    p.add_argument("--image-size", type=int, help="image side in pixels, 64-96 (default: 96 on the grid, 64 free)")
+    p.add_argument("--patch-size", type=int, help="the tower's patch side in pixels (default: 32 on the grid, 16 free)")
     p.add_argument("--align-positions", action=argparse.BooleanOptionalAction, default=True,
                    help="stage-1 captions also name the sides their object is on (default on; docs/demo.md)")
     # 2, not the generator's 1: with SFT's 2,600 steps it lifted position on draws 0 and 1 from
@@ -63,7 +70,17 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.tower_steps < 0:
         p.error("--tower-steps must be >= 0")
+    size, patch = GEOMETRY[args.layout]
+    args.image_size = size if args.image_size is None else args.image_size
+    args.patch_size = patch if args.patch_size is None else args.patch_size
+    if args.patch_size < 1 or args.image_size % args.patch_size:
+        p.error(f"--patch-size must divide --image-size ({args.image_size}), got {args.patch_size}")
     return args
+
+
+def geometry_overrides(args) -> list[str]:
+    """The tower's image and patch size, the same in stage 0 and both stages."""
+    return [f"model.vision.image_size={args.image_size}", f"model.vision.patch_size={args.patch_size}"]
 
 
 def run(cmd: list[str]) -> None:
@@ -75,7 +92,7 @@ def run(cmd: list[str]) -> None:
 
 def stage_overrides(args) -> list[str]:
     d = args.data
-    seeds = [f"seed={args.seed}", f"data.seed={args.seed}"]
+    seeds = [f"seed={args.seed}", f"data.seed={args.seed}", *geometry_overrides(args)]
     return [f"data.tokenizer={d}/tokenizer",
             f"data.sources=[{{path: {d}/align.json, image_folder: {d}/images}}]", *seeds], \
         [f"data.tokenizer={d}/tokenizer",
@@ -89,7 +106,7 @@ def pretrain_tower(args) -> Optional[str]:
     out = os.path.join(args.run_dir, "tower")
     run(["demo.tower", "--data", args.data, "--out", out, "--seed", str(args.seed),
          "--position-target", args.position_target,
-         *(QUICK["tower"] if args.quick else ["--steps", str(args.tower_steps)])])
+         *(QUICK["tower"] if args.quick else ["--steps", str(args.tower_steps)]), *geometry_overrides(args)])
     return out
 
 
@@ -192,7 +209,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     t0 = time.time()
     levers = (["--align-positions"] if args.align_positions else []) + [
         "--position-weight", str(args.position_weight), *make_data.mix_argv(args)]
-    run(["demo.make_data", "--out", args.data, "--seed", str(args.seed), "--layout", args.layout, *levers,
+    run(["demo.make_data", "--out", args.data, "--seed", str(args.seed), "--layout", args.layout,
+         "--image-size", str(args.image_size), *levers,
          *(QUICK["data"] if args.quick else [])])
     checkpoint = train(args, pretrain_tower(args))
     answers = evaluate(args, checkpoint)

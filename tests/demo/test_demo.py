@@ -60,3 +60,19 @@ def test_stage_one_starts_from_the_pretrained_tower(monkeypatch, tmp_path):
     assert f"train.init_from={tower}" in recipe["stages"][0]["overrides"]
     assert not any(o.startswith("train.init_from") for o in recipe["stages"][1]["overrides"])
     assert demo.pretrain_tower(demo.parse_args(["--tower-steps", "0"])) is None
+
+
+def test_the_free_layout_gets_its_own_geometry_everywhere(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(demo, "run", calls.append)
+    args = demo.parse_args(["--layout", "free", "--run-dir", str(tmp_path / "run")])
+    assert (args.image_size, args.patch_size) == (64, 16)
+    assert (demo.parse_args([]).image_size, demo.parse_args([]).patch_size) == (96, 32)
+    demo.train(args, demo.pretrain_tower(args))
+    geometry = ["model.vision.image_size=64", "model.vision.patch_size=16"]
+    assert calls[0][-2:] == geometry  # the tower's config overrides
+    stages = json.loads((tmp_path / "run" / "recipe.yaml").read_text(encoding="utf-8"))["stages"]
+    assert all(set(geometry) <= set(stage["overrides"]) for stage in stages)
+    with pytest.raises(SystemExit) as e:
+        demo.parse_args(["--image-size", "90", "--patch-size", "16"])
+    assert e.value.code == 2 and "--patch-size must divide --image-size (90)" in capsys.readouterr().err
