@@ -66,10 +66,10 @@ def test_the_free_layout_gets_its_own_geometry_everywhere(monkeypatch, tmp_path,
     calls = []
     monkeypatch.setattr(demo, "run", calls.append)
     args = demo.parse_args(["--layout", "free", "--run-dir", str(tmp_path / "run")])
-    assert (args.image_size, args.patch_size) == (64, 16)
+    assert (args.image_size, args.patch_size) == (96, 16)
     assert (demo.parse_args([]).image_size, demo.parse_args([]).patch_size) == (96, 32)
     demo.train(args, demo.pretrain_tower(args))
-    geometry = ["model.vision.image_size=64", "model.vision.patch_size=16"]
+    geometry = ["model.vision.image_size=96", "model.vision.patch_size=16"]
     assert calls[0][-2:] == geometry  # the tower's config overrides
     stages = json.loads((tmp_path / "run" / "recipe.yaml").read_text(encoding="utf-8"))["stages"]
     assert all(set(geometry) <= set(stage["overrides"]) for stage in stages)
