@@ -35,10 +35,10 @@ QUICK = {  # a few steps through the same code path (the test suite's reduced de
               "data.seq_len=256"],
 }
 SAMPLES = (("english", 0), ("chinese", 1))  # (language folder, question index)
-# (image side, ViT patch) per layout: on the grid a patch is one 32 px cell, one object; a free shape
-# straddles patches, so 16 px ones: the tower then reads a free shape at 99.0% on 96 px images (36
-# tokens an image) and 91.3% on 64 px ones, a ceiling the VLM cannot pass (docs/demo.md)
-GEOMETRY = {"grid": (96, 32), "free": (96, 16)}
+# the ViT patch per layout: on the grid a patch is one 32 px cell, one object; a free shape straddles
+# patches, so 16 px ones: the tower then reads a free shape at 99.0% on 96 px images (36 tokens an
+# image) and 91.3% on 64 px ones, a ceiling the VLM cannot pass (docs/demo.md)
+PATCH_SIZE = {"grid": 32, "free": 16}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -50,7 +50,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="seed of the dataset, the tokenizer and the training run (init and data order) (default %(default)s)")
     p.add_argument("--layout", choices=world.LAYOUTS, default="grid",
                    help="grid: each shape in a cell of a 3x3 grid; free: anywhere, any size (default %(default)s)")
-    p.add_argument("--image-size", type=int, help="image side in pixels, 64-96 (default 96)")
+    p.add_argument("--image-size", type=int, default=world.Params().image_size,
+                   help="image side in pixels, 64-96 (default %(default)s)")
     p.add_argument("--patch-size", type=int, help="the tower's patch side in pixels (default: 32 on the grid, 16 free)")
     p.add_argument("--align-positions", action=argparse.BooleanOptionalAction, default=True,
                    help="stage-1 captions also name the sides their object is on (default on; docs/demo.md)")
@@ -70,9 +71,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.tower_steps < 0:
         p.error("--tower-steps must be >= 0")
-    size, patch = GEOMETRY[args.layout]
-    args.image_size = size if args.image_size is None else args.image_size
-    args.patch_size = patch if args.patch_size is None else args.patch_size
+    if args.patch_size is None:
+        args.patch_size = PATCH_SIZE[args.layout]
     if args.patch_size < 1 or args.image_size % args.patch_size:
         p.error(f"--patch-size must divide --image-size ({args.image_size}), got {args.patch_size}")
     return args
@@ -92,11 +92,11 @@ def run(cmd: list[str]) -> None:
 
 def stage_overrides(args) -> list[str]:
     d = args.data
-    seeds = [f"seed={args.seed}", f"data.seed={args.seed}", *geometry_overrides(args)]
+    both = [f"seed={args.seed}", f"data.seed={args.seed}", *geometry_overrides(args)]
     return [f"data.tokenizer={d}/tokenizer",
-            f"data.sources=[{{path: {d}/align.json, image_folder: {d}/images}}]", *seeds], \
+            f"data.sources=[{{path: {d}/align.json, image_folder: {d}/images}}]", *both], \
         [f"data.tokenizer={d}/tokenizer",
-         f"data.sources=[{{path: {d}/sft.json, image_folder: {d}/images}}]", *seeds]
+         f"data.sources=[{{path: {d}/sft.json, image_folder: {d}/images}}]", *both]
 
 
 def pretrain_tower(args) -> Optional[str]:
