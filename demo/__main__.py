@@ -83,9 +83,21 @@ def geometry_overrides(args) -> list[str]:
     return [f"model.vision.image_size={args.image_size}", f"model.vision.patch_size={args.patch_size}"]
 
 
+# XLA:CPU's YNNPACK dot fusions are slower at this model's sizes: the SFT step 158 -> 136 ms on a
+# 2-core AMD EPYC (align's 325 -> 337 ms; docs/demo.md). A flag the user set wins.
+CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    if "ynn_fusion_type" not in env.get("XLA_FLAGS", ""):
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {CPU_FLAGS}".strip()
+    return env
+
+
 def run(cmd: list[str]) -> None:
     print(f"\n$ {' '.join(cmd)}", flush=True)
-    code = subprocess.run([sys.executable, "-m", *cmd]).returncode
+    code = subprocess.run([sys.executable, "-m", *cmd], env=child_env()).returncode
     if code:  # the step printed its own error: pass its exit code on (2: bad usage or a refused folder)
         raise SystemExit(code)
 
@@ -128,11 +140,19 @@ def train(args, tower: Optional[str]) -> str:
     return os.path.join(args.run_dir, "sft", "final")
 
 
+def chat_options() -> list[str]:
+    """infer's --template and --system as configs/demo/sft.yaml trains them."""
+    from vlm_jax.config import Config, load
+
+    data = load(Config, os.path.join(os.path.dirname(RECIPE), "sft.yaml")).data
+    return ["--template", data.template, *([] if data.system is None else ["--system", data.system])]
+
+
 def evaluate(args, checkpoint: str) -> str:
     answers = os.path.join(args.run_dir, "eval")
     run(["infer.evaluate", "--checkpoint", checkpoint, "--questions", os.path.join(args.data, "eval"),
          "--image-folder", os.path.join(args.data, "eval", "images"), "--answers", answers,
-         "--template", "vicuna_v1", "--max-new-tokens", "16", "--batch-size", str(args.eval_batch_size),
+         *chat_options(), "--max-new-tokens", "16", "--batch-size", str(args.eval_batch_size),
          "--scorer", "none"])
     return answers
 
@@ -175,7 +195,7 @@ def sample_answers(args, checkpoint: str) -> None:
         image = os.path.join(args.data, "eval", "images", q["image"])
         print(f"\n[{lang}] {q['text']}  (image {image})")
         run(["infer.sample", "--checkpoint", checkpoint, "--image", image, "--prompt", q["text"],
-             "--template", "vicuna_v1", "--max-new-tokens", "16"])
+             *chat_options(), "--max-new-tokens", "16"])
 
 
 def loss_curve(run_dir: str) -> str:

@@ -16,6 +16,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vision", help="with --hf of an original LLaVA folder without the tower: the HF CLIP/SigLIP folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's tokenizer/ or the --hf folder)")
     p.add_argument("--template", help="chat template (default: from the tokenizer: chatml, llama_3 or vicuna_v1)")
+    p.add_argument("--system", help="system prompt (default: the template's; \"\" for none, as the model was "
+                                    "trained with data.system)")
     p.add_argument("--image-aspect", choices=["pad", "crop", "resize"], help="image preprocessing (default: from the checkpoint)")
 
 
@@ -70,5 +72,7 @@ def load(args: argparse.Namespace):
              "(max_position_embeddings), which leaves no room for a prompt")
     if args.image_aspect:
         m.aspect = args.image_aspect
-    template = args.template or runner.default_template(m.tokenizer)
+    from vlm_jax.data import templates
+
+    template = templates.with_system(args.template or runner.default_template(m.tokenizer), args.system)
     return m, template, runner.sampling(m, template, args.max_new_tokens, args.temperature, args.top_k, args.top_p)

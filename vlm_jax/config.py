@@ -191,6 +191,7 @@ class DataConfig:
     sources: list[DataSourceConfig] = field(default_factory=list)
     eval_sources: list[DataSourceConfig] = field(default_factory=list)
     template: str = "vicuna_v1"
+    system: Optional[str] = None  # the system prompt of examples without their own (None: the template's)
     tokenizer: str = ""  # tokenizer folder or SentencePiece .model
     seq_len: int = 2048  # L: tokens per row (images count as their N placeholders)
     max_images: int = 1  # M: image slots per row

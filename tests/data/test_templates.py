@@ -1,6 +1,8 @@
 """Chat templates: ids and loss masks equal LLaVA's preprocessing (vicuna_v1, llava_llama_2,
 mistral_instruct, plain) driven by SentencePiece, and HF apply_chat_template (chatml, llama_3)."""
 
+import copy
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -306,3 +308,41 @@ def test_plain_generation_prompt_is_the_training_prefix(sp):
     conv = CONVS["single_image"]
     assert T.generation_prompt(conv[:1], "plain", ours).tolist() == [ours.bos_id, T.IMAGE_MARKER]
     assert T.encode(conv, "plain", ours).tokens[:2].tolist() == [ours.bos_id, T.IMAGE_MARKER]
+
+
+@pytest.mark.parametrize("case", ["single_image", "multi_turn", "text_only"])
+def test_an_empty_system_matches_llava_with_its_system_emptied(sp, case):
+    """data.system / --system "": LLaVA's own conv with `system = ""` (a prompt that opens " USER:")."""
+    from tests.helpers import llava_reference as R
+
+    ours, ref = sp[False]
+    conv = CONVS[case]
+    ref_conv = R.conv_vicuna_v1()
+    ref_conv.system = ""
+    has_image = any("<image>" in m["value"] for m in conv)
+    sources = R.preprocess_multimodal([copy.deepcopy(conv)]) if has_image else [copy.deepcopy(conv)]
+    out = R.preprocess_v1(sources, ref, has_image, conv=ref_conv)
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    assert not out["mismatch"]
+    enc = T.encode(conv, T.with_system("vicuna_v1", ""), ours)
+    assert enc.tokens.tolist() == ids
+    assert enc.label_mask.tolist() == [lab != R.IGNORE_INDEX and t != R.IMAGE_TOKEN_INDEX for t, lab in zip(ids, labels)]
+    assert len(enc.tokens) < len(T.encode(conv, "vicuna_v1", ours).tokens)
+    # a conversation's own system message still wins; None keeps the template's
+    own = [{"from": "system", "value": "Sys."}] + conv
+    assert T.render_prompt(own, T.with_system("vicuna_v1", ""), add_generation_prompt=False).startswith("Sys. USER:")
+    assert T.with_system("vicuna_v1", None) is T.get_template("vicuna_v1")
+
+
+def test_data_system_reaches_the_loader_encode(sp):
+    from vlm_jax.config import Config, load
+    from vlm_jax.data.pipeline import default_encode
+
+    ours, _ = sp[False]
+    data = load(Config, None, ["data.system="]).data  # the override a user types
+    assert data.system == ""
+    conv = CONVS["multi_turn"]
+    tokens, mask = default_encode(data, ours)(conv)
+    enc = T.encode(conv, T.with_system("vicuna_v1", ""), ours)
+    assert tokens.tolist() == enc.tokens.tolist() and mask.tolist() == enc.label_mask.tolist()
+    assert default_encode(load(Config).data, ours)(conv)[0].tolist() == T.encode(conv, "vicuna_v1", ours).tokens.tolist()

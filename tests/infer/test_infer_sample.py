@@ -107,3 +107,21 @@ def test_stream_sampling_and_usage(folder, capsys):
         sample.main(["--help"])
     assert e.value.code == 0
     capsys.readouterr()
+
+
+def test_system_option_is_the_prompt_llava_builds_with_that_system(folder, capsys):
+    """--system "" (a model trained with data.system: ""): LLaVA's vicuna_v1 prompt with its system emptied."""
+    from tests.helpers import llava_reference as R
+
+    _, src = _model_dir(folder, "clip-llama")
+    base = src + ["--template", "vicuna_v1", "--max-new-tokens", "4", "--prompt", "red cat ?", "--json"]
+    tok = load_tokenizer(str(folder / "tok"))
+    for system, default in (("", False), ("Answer in one word.", False), (None, True)):
+        conv = R.conv_vicuna_v1()
+        if not default:
+            conv.system = system
+        conv.append_message(conv.roles[0], "red cat ?")
+        conv.append_message(conv.roles[1], None)
+        want = tok.encode(conv.get_prompt(), add_bos=True)
+        got = json.loads(_run(capsys, base + ([] if default else ["--system", system])))["prompt_token_ids"]
+        assert got == list(want), system

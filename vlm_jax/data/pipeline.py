@@ -32,11 +32,12 @@ from vlm_jax.tokenizer import load_tokenizer
 
 
 def default_encode(cfg: DataConfig, tokenizer=None) -> ex_lib.EncodeFn:
-    """templates.encode with the configured template and tokenizer."""
+    """templates.encode with the configured template (and system prompt) and tokenizer."""
     if tokenizer is None:
         if not cfg.tokenizer:
             raise SourceError("data.tokenizer is not set")
         tokenizer = load_tokenizer(cfg.tokenizer)
+    template = templates.with_system(cfg.template, cfg.system)
 
     def encode(conversations):
         if isinstance(conversations, interleaved.Document) and conversations.captions:
@@ -45,7 +46,7 @@ def default_encode(cfg: DataConfig, tokenizer=None) -> ex_lib.EncodeFn:
         if isinstance(conversations, interleaved.Document):
             enc = interleaved.encode_document(conversations, tokenizer, cfg.interleaved_loss)
         else:
-            enc = templates.encode(conversations, cfg.template, tokenizer, images_first=not cfg.images_in_place)
+            enc = templates.encode(conversations, template, tokenizer, images_first=not cfg.images_in_place)
         return enc.tokens, enc.label_mask
 
     return encode

@@ -178,6 +178,13 @@ def get_template(name: str | Template) -> Template:
     return TEMPLATES[key]
 
 
+def with_system(name: str | Template, system: str | None) -> Template:
+    """The template with `system` as the system prompt of conversations that bring none of their own
+    (None keeps the template's; "" renders the template's empty-system form, as LLaVA's conv does)."""
+    tmpl = get_template(name)
+    return tmpl if system is None else dataclasses.replace(tmpl, default_system=system)
+
+
 # --- conversation -> turns ------------------------------------------------------------
 
 
