@@ -2,13 +2,18 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base  # the package and its dependencies: all `make demo` needs
+STAMP := $(VENV)/.installed  # and PyTorch (the test oracle) and the test tools
 
 .PHONY: install test test-slow check-transformers4 demo clean
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $(BASE)
+
+$(STAMP): $(BASE)
 	# the CPU build of torch first, so that nothing pulls a multi-GB CUDA build
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[torch,test]"
@@ -30,7 +35,7 @@ check-transformers4: $(STAMP)
 	VLM_JAX_TRANSFORMERS4_PYTHON=$(TF4)/bin/python $(BIN)/python -m pytest -q -m slow -p no:cacheprovider \
 		tests/infer/test_infer_hf5.py -k transformers4
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(BIN)/python -m demo
 
 clean:

@@ -92,6 +92,7 @@ def child_env() -> dict:
     env = dict(os.environ)
     if "ynn_fusion_type" not in env.get("XLA_FLAGS", ""):
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {CPU_FLAGS}".strip()
+    env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # "PyTorch was not found": the demo needs none
     return env
 
 

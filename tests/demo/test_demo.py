@@ -76,3 +76,27 @@ def test_the_free_layout_gets_its_own_geometry_everywhere(monkeypatch, tmp_path,
     with pytest.raises(SystemExit) as e:
         demo.parse_args(["--image-size", "90", "--patch-size", "16"])
     assert e.value.code == 2 and "--patch-size must divide --image-size (90)" in capsys.readouterr().err
+
+
+def test_eval_and_samples_prompt_as_sft_trains(monkeypatch, tmp_path):
+    """configs/demo/sft.yaml trains without the system prompt: infer gets the same --template and --system."""
+    from vlm_jax.config import Config, load
+
+    data = load(Config, os.path.join(os.path.dirname(demo.RECIPE), "sft.yaml")).data
+    assert data.system == ""
+    calls = []
+    monkeypatch.setattr(demo, "run", calls.append)
+    monkeypatch.setattr(demo, "read_jsonl", lambda path: [{"text": "q", "image": "0.png"}] * 2)
+    args = demo.parse_args(["--run-dir", str(tmp_path / "run")])
+    demo.evaluate(args, "ckpt")
+    demo.sample_answers(args, "ckpt")
+    assert len(calls) == 3
+    for cmd in calls:
+        assert cmd[cmd.index("--template") + 1] == data.template and cmd[cmd.index("--system") + 1] == ""
+
+
+def test_children_get_the_cpu_flags_unless_the_user_set_them(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert demo.child_env()["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {demo.CPU_FLAGS}"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+    assert demo.child_env()["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
