@@ -207,6 +207,9 @@ class DataConfig:
     num_epochs: Optional[int] = None  # None = repeat forever
     num_workers: int = 4  # threads parsing / decoding / tokenizing
     prefetch: int = 64  # examples decoded ahead
+    # keep up to this many built examples (tokens and decoded images) in memory, by source record, so
+    # a small dataset read for many epochs is tokenized and decoded once (0 = off; memory: their images)
+    cache_examples: int = 0
     # keep `<image>` tags where they are in conversations (multi-image / interleaved SFT); LLaVA moves them first
     images_in_place: bool = False
     # MMC4-style documents ({"text_list", "image_info"}): supervise all text, or only sentences that follow an

@@ -230,3 +230,38 @@ def test_prepare_data_skips_bad_records_or_stops_in_strict_mode(tmp_path):
     assert out["written"] == 5 and out["skipped_by_reason"] == {"missing_image": 1}
     assert main(["--src", path, "--image-folder", str(tmp_path / "img"), "--out", str(tmp_path / "s"),
                  "--strict", "--quiet"]) == 1
+
+
+@pytest.mark.parametrize("limit", [25, 1000])
+def test_cached_examples_give_the_same_batches_and_skips(tmp_path, limit):
+    """data.cache_examples: three epochs, some records cached (25 of 41) or all, a bad one among them;
+    the same batches and skip counts, and records encoded once while the cache holds them."""
+    write_images(str(tmp_path / "img"))
+    recs = make_records(40) + [{"id": "bad", "image": "missing.png",
+                                "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}]
+    path = str(write_json(str(tmp_path / "d.json"), recs))
+
+    def loader(epochs, **kw):
+        calls = []
+
+        def counting_encode(conversations):
+            calls.append(1)
+            return toy_encode(conversations)
+
+        return DataLoader(data_config(path, str(tmp_path / "img"), num_epochs=epochs, **kw),
+                          **loader_kwargs(encode=counting_encode)), calls
+
+    plain, plain_calls = loader(3)
+    cached, cached_calls = loader(3, cache_examples=limit)
+    want, got = list(plain), list(cached)
+    assert len(got) == len(want)
+    for x, y in zip(got, want):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    assert cached.stats() == plain.stats() and cached.stats()["skipped_by_reason"] == {"missing_image": 3}
+    one_epoch, one_epoch_calls = loader(1)
+    list(one_epoch)
+    if limit >= len(recs):
+        assert len(cached_calls) == len(one_epoch_calls)
+    else:
+        assert len(one_epoch_calls) < len(cached_calls) < len(plain_calls)

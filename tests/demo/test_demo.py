@@ -46,6 +46,8 @@ def test_the_levers_reach_the_generator(monkeypatch):
     assert calls[0][calls[0].index("--sft-turns") + 1] == "one" and calls[0][calls[0].index("--align-scenes") + 1] == "all"
     make_data.parse_args(calls[0][1:])  # every lever is one the generator accepts
     assert calls[0][calls[0].index("--seed") + 1] == "2"
+    assert calls[0][calls[0].index("--objects-weights") + 1] == "1,2,3"  # the demo's default, not the generator's
+    assert make_data.parse_args(["--out", "d"])[0].objects_weights == "1,1,1"
 
 
 def test_stage_one_starts_from_the_pretrained_tower(monkeypatch, tmp_path):
@@ -73,6 +75,8 @@ def test_the_free_layout_gets_its_own_geometry_everywhere(monkeypatch, tmp_path,
     assert calls[0][-2:] == geometry  # the tower's config overrides
     stages = json.loads((tmp_path / "run" / "recipe.yaml").read_text(encoding="utf-8"))["stages"]
     assert all(set(geometry) <= set(stage["overrides"]) for stage in stages)
+    assert "data.seq_len=256" in stages[1]["overrides"]  # a free image is 36 tokens: longer SFT rows
+    assert not any(o.startswith("data.seq_len") for o in demo.stage_overrides(demo.parse_args([]))[1])
     with pytest.raises(SystemExit) as e:
         demo.parse_args(["--image-size", "90", "--patch-size", "16"])
     assert e.value.code == 2 and "--patch-size must divide --image-size (90)" in capsys.readouterr().err

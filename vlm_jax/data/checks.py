@@ -54,5 +54,7 @@ def check_data(d: DataConfig, layout: Optional[ImageLayout] = None) -> None:
                                                                       d.max_consecutive_skips)):
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if d.cache_examples < 0:
+        raise ConfigError(f"data.cache_examples: must be >= 0 (0 = off), got {d.cache_examples}")
     check_sources(d.sources, "data.sources")
     check_sources(d.eval_sources, "data.eval_sources")

@@ -15,6 +15,7 @@ positions p, p+P, ..., so each record is read by exactly one process per epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional, Sequence
 
 import grain
@@ -104,6 +105,23 @@ def _tagged(raw: RawRecord, fn) -> dict:
         return {"skip": e.reason, "message": describe(raw.file, raw.row, rid, e.reason, e.detail)}
 
 
+class ExampleCache:
+    """Built examples by source record, the first `limit` records read (never evicted: no order to
+    depend on). An example is a pure function of its record, so a hit is what a rebuild would give."""
+
+    def __init__(self, limit: int):
+        self.limit, self.items = limit, {}
+
+    def get(self, raw: RawRecord, build) -> dict:
+        key = (raw.file, raw.row, raw.image_folder, raw.source, raw.caption_sequences)
+        hit = self.items.get(key)
+        if hit is None:
+            hit = build(raw)
+            if len(self.items) < self.limit:
+                self.items[key] = hit
+        return hit
+
+
 def _aligngpt_spec(cfg: DataConfig, aligngpt: Optional[AlignGPTConfig]) -> dict:
     if aligngpt is None or not aligngpt.enabled:
         return {}
@@ -154,8 +172,13 @@ class DataLoader:
         per_epoch = max(1, len(epoch) // process_count)
         skip_limit = min(cfg.max_consecutive_skips, per_epoch) if repeats else cfg.max_consecutive_skips
         spec = self.spec
-        self.examples = records.map_with_index(
-            lambda i, raw: {**_tagged(raw, lambda r: ex_lib.build_example(r, encode, spec)), "index": i})
+
+        def build(raw):
+            return _tagged(raw, lambda r: ex_lib.build_example(r, encode, spec))
+
+        if cfg.cache_examples > 0:
+            build = functools.partial(ExampleCache(cfg.cache_examples).get, build=build)
+        self.examples = records.map_with_index(lambda i, raw: {**build(raw), "index": i})
         read = grain.ReadOptions(num_threads=max(1, cfg.num_workers), prefetch_buffer_size=max(1, cfg.prefetch))
         window, max_segments = (cfg.pack_window, None) if cfg.packing else (1, 1)
         self.rows = PackIterDataset(
