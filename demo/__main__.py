@@ -37,7 +37,7 @@ QUICK = {  # a few steps through the same code path (the test suite's reduced de
 SAMPLES = (("english", 0), ("chinese", 1))  # (language folder, question index)
 # the ViT patch per layout: on the grid a patch is one 32 px cell, one object; a free shape straddles
 # patches, so 16 px ones: the tower then reads a free shape at 99.0% on 96 px images (36 tokens an
-# image) and 91.3% on 64 px ones, a ceiling the VLM cannot pass (docs/demo.md)
+# image) and 91.3% on 64 px ones, a ceiling the VLM cannot pass (docs/demo_levers.md)
 PATCH_SIZE = {"grid": 32, "free": 16}
 # SFT rows: sft.yaml's 128 tokens hold ~3.7 grid examples (9 image tokens each); a free image is 36
 # tokens at 16 px patches, so its rows are twice as long to carry as many answers
@@ -57,9 +57,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="image side in pixels, 64-96 (default %(default)s)")
     p.add_argument("--patch-size", type=int, help="the tower's patch side in pixels (default: 32 on the grid, 16 free)")
     p.add_argument("--align-positions", action=argparse.BooleanOptionalAction, default=True,
-                   help="stage-1 captions also name the sides their object is on (default on; docs/demo.md)")
+                   help="stage-1 captions also name the sides their object is on (default on; docs/demo_levers.md)")
     # 2, not the generator's 1: with SFT's 2,600 steps it lifted position on draws 0 and 1 from
-    # 57.5-73.5% to 75.5-94.5% (docs/demo.md)
+    # 57.5-73.5% to 75.5-94.5% (docs/demo_levers.md)
     p.add_argument("--position-weight", type=int, default=2,
                    help="weight of a position question among an object's sft questions, colour and shape 2 (default %(default)s)")
     make_data.add_mix_arguments(p)
@@ -69,7 +69,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--tower-steps", type=int, default=1500,
                    help="stage-0 steps of demo.tower; 0 keeps the tower at its random init (default %(default)s)")
     # objects, not demo.tower's every-patch: an object's side is then read off its own patch, not
-    # off the empty cells around it, which fails with 2-3 objects (docs/demo.md)
+    # off the empty cells around it, which fails with 2-3 objects (docs/demo_levers.md)
     p.add_argument("--position-target", choices=POSITION_TARGETS, default="objects",
                    help="patches whose row and column demo.tower trains (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset (same code path; for tests)")
@@ -89,7 +89,7 @@ def geometry_overrides(args) -> list[str]:
     return [f"model.vision.image_size={args.image_size}", f"model.vision.patch_size={args.patch_size}"]
 
 
-# XLA:CPU's YNNPACK dot fusions are slower at this model's sizes: the SFT step 158 -> 136 ms on a
+# XLA:CPU's YNNPACK dot fusions are slower at this model's sizes: the SFT step 142 -> 122 ms on a
 # 2-core AMD EPYC (align's 325 -> 337 ms; docs/demo.md). A flag the user set wins.
 CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 
