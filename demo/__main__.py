@@ -17,6 +17,7 @@ RUN_DIR/loss_curve.png. Every step reuses what an earlier run finished.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -148,12 +149,13 @@ def train(args, tower: Optional[str]) -> str:
     return os.path.join(args.run_dir, "sft", "final")
 
 
-def chat_options() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def chat_options() -> tuple[str, ...]:
     """infer's --template and --system as configs/demo/sft.yaml trains them."""
     from vlm_jax.config import Config, load
 
     data = load(Config, os.path.join(os.path.dirname(RECIPE), "sft.yaml")).data
-    return ["--template", data.template, *([] if data.system is None else ["--system", data.system])]
+    return ("--template", data.template, *(() if data.system is None else ("--system", data.system)))
 
 
 def evaluate(args, checkpoint: str) -> str:

@@ -15,7 +15,6 @@ positions p, p+P, ..., so each record is read by exactly one process per epoch.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Optional, Sequence
 
 import grain
@@ -106,17 +105,18 @@ def _tagged(raw: RawRecord, fn) -> dict:
 
 
 class ExampleCache:
-    """Built examples by source record, the first `limit` records read (never evicted: no order to
-    depend on). An example is a pure function of its record, so a hit is what a rebuild would give."""
+    """`build` with its results kept by source record, the first `limit` records read (never evicted:
+    no order to depend on). An example is a pure function of its record, so a hit is what a rebuild
+    would give."""
 
-    def __init__(self, limit: int):
-        self.limit, self.items = limit, {}
+    def __init__(self, build, limit: int):
+        self.build, self.limit, self.items = build, limit, {}
 
-    def get(self, raw: RawRecord, build) -> dict:
+    def __call__(self, raw: RawRecord) -> dict:
         key = (raw.file, raw.row, raw.image_folder, raw.source, raw.caption_sequences)
         hit = self.items.get(key)
         if hit is None:
-            hit = build(raw)
+            hit = self.build(raw)
             if len(self.items) < self.limit:
                 self.items[key] = hit
         return hit
@@ -177,7 +177,7 @@ class DataLoader:
             return _tagged(raw, lambda r: ex_lib.build_example(r, encode, spec))
 
         if cfg.cache_examples > 0:
-            build = functools.partial(ExampleCache(cfg.cache_examples).get, build=build)
+            build = ExampleCache(build, cfg.cache_examples)
         self.examples = records.map_with_index(lambda i, raw: {**build(raw), "index": i})
         read = grain.ReadOptions(num_threads=max(1, cfg.num_workers), prefetch_buffer_size=max(1, cfg.prefetch))
         window, max_segments = (cfg.pack_window, None) if cfg.packing else (1, 1)
