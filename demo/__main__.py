@@ -10,8 +10,9 @@ demo.make_data, and --seed is the training seed too), pretrains the vision tower
 labels (demo.tower, stage 0: LLaVA's CLIP is pretrained too), trains the two stages of
 configs/demo/recipe.yaml from it (align with `plain`, then SFT with `vicuna_v1`; each stage resumes
 or is skipped when done), evaluates the held-out questions in all 10 languages with infer.evaluate, prints
-the per-language table, samples two answers and writes RUN_DIR/eval_summary.json and
-RUN_DIR/loss_curve.png. Every step reuses what an earlier run finished.
+the per-language table and the accuracy per category and number of objects, samples two answers and
+writes RUN_DIR/eval_summary.json, RUN_DIR/eval_by_objects.json and RUN_DIR/loss_curve.png. Every
+step reuses what an earlier run finished.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import time
 from typing import Optional
 
-from demo import language_scripts, languages, make_data, world
+from demo import dataset, language_scripts, languages, make_data, world
 from demo.tower import POSITION_TARGETS
 
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "recipe.yaml")
@@ -35,7 +36,8 @@ QUICK = {  # a few steps through the same code path (the test suite's reduced de
     "train": ["train.num_steps=3", "train.checkpoint.every_steps=2", "model.decoder.vocab_size=600",
               "data.seq_len=256"],
 }
-SAMPLES = (("english", 0), ("chinese", 1))  # (language folder, question index)
+SAMPLES = (("english", 0), ("chinese", 1))
+BY_OBJECTS = "eval_by_objects.json"  # RUN_DIR's accuracy per category and number of objects  # (language folder, question index)
 # the ViT patch per layout: on the grid a patch is one 32 px cell, one object; a free shape straddles
 # patches, so 16 px ones: the tower then reads a free shape at 99.0% on 96 px images (36 tokens an
 # image) and 91.3% on 64 px ones, a ceiling the VLM cannot pass (docs/demo_levers.md)
@@ -189,6 +191,36 @@ def summarize(args, answers_dir: str) -> dict:
     return summary
 
 
+def by_objects(args, answers_dir: str) -> dict:
+    """Exact match per category and number of objects in the image, over all languages:
+    {category: {"1": acc, "2": acc, "3": acc}} (the look-ups that bind a shape to its colour or side
+    are only needed with 2-3 objects, so a miss there is a binding miss)."""
+    params = world.Params(**dataset.read_manifest(args.data)["params"])
+    objects: dict = {}
+    hits: dict = {}
+    for folder in sorted(os.listdir(os.path.join(args.data, "eval"))):
+        refs_path = os.path.join(args.data, "eval", folder, "answers.jsonl")
+        answers = os.path.join(answers_dir, f"{folder}.jsonl")
+        if not (os.path.isfile(refs_path) and os.path.isfile(answers)):
+            continue
+        preds = {r["question_id"]: r["text"] for r in read_jsonl(answers)}
+        for ref in read_jsonl(refs_path):
+            qid = ref["question_id"]
+            if qid not in objects:
+                objects[qid] = len(world.eval_scene(params, qid)[0].objs)
+            ok = world.score_answers({qid: preds[qid]} if qid in preds else {}, [ref])["accuracy"]
+            hits.setdefault(ref["category"], {}).setdefault(str(objects[qid]), []).append(ok)
+    order = [c for c in world.CATEGORIES if c in hits] + sorted(set(hits) - set(world.CATEGORIES))
+    return {cat: {n: sum(v) / len(v) for n, v in sorted(hits[cat].items())} for cat in order}
+
+
+def print_by_objects(table: dict) -> None:
+    counts = sorted({n for per_n in table.values() for n in per_n})
+    print("\nby objects in the image (all languages): " + " / ".join(counts))
+    for cat, per_n in table.items():
+        print(f"{cat:<10}" + " / ".join(f"{100 * per_n[n]:.1f}" if n in per_n else "-" for n in counts))
+
+
 def print_table(summary: dict) -> None:
     cats = list(world.CATEGORIES)
     head = f"{'language':<10}" + "".join(f"{c:>10}" for c in cats) + f"{'all':>8}{'in-lang':>9}"
@@ -248,6 +280,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print_table(summary)
     with open(os.path.join(args.run_dir, "eval_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, ensure_ascii=False)
+    objects = by_objects(args, answers)
+    print_by_objects(objects)
+    with open(os.path.join(args.run_dir, BY_OBJECTS), "w", encoding="utf-8") as f:
+        json.dump(objects, f, indent=1)
     sample_answers(args, checkpoint)
     png = loss_curve(args.run_dir)
     print(f"\nwrote {os.path.join(args.run_dir, 'eval_summary.json')} and {png} ({time.time() - t0:.0f}s)")

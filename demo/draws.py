@@ -4,8 +4,9 @@
 
 Runs `python -m demo --seed N` for every seed (seed 0 in --data / --run-dir themselves, the folders
 `make demo` uses, seed N in DATA_seedN / RUN_DIR_seedN; with --layout free, DATA_free... and
-RUN_DIR_free...), then prints the 10 x 4 table of each draw and the worst cell of each. Each draw
-reuses what an earlier run finished, so an interrupted run continues where it stopped.
+RUN_DIR_free...), then prints the 10 x 4 table of each draw with its accuracy by number of objects,
+and the worst cell of each. Each draw reuses what an earlier run finished, so an interrupted run
+continues where it stopped.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     for seed, summary in summaries.items():
         print(f"\n=== seed {seed} ({args.layout})")
         demo.print_table(summary)
+        objects = os.path.join(draw_dirs(args.data, args.run_dir, seed, args.layout)[1], demo.BY_OBJECTS)
+        if os.path.isfile(objects):
+            with open(objects, encoding="utf-8") as f:
+                demo.print_by_objects(json.load(f))
     print()
     for seed, summary in summaries.items():
         lang, cat, acc = worst_cell(summary)

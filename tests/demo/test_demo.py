@@ -19,12 +19,42 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     for scores in summary.values():
         assert scores["count"] == 4 and 0.0 <= scores["accuracy"] <= 1.0
     assert (run_dir / "loss_curve.png").stat().st_size > 1000
+    objects = json.loads((run_dir / demo.BY_OBJECTS).read_text(encoding="utf-8"))
+    assert objects == demo.by_objects(demo.parse_args(["--data", str(data)]), str(run_dir / "eval"))
+    assert list(objects) == ["color", "shape", "count", "position"]
     for stage in ("align", "sft"):
         rows = [json.loads(line) for line in open(run_dir / stage / "metrics.jsonl", encoding="utf-8")]
         assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     assert os.path.isdir(run_dir / "sft" / "final")
     # a rerun reuses the data, the trained stages and the answers
     assert demo.main(["--quick", "--data", str(data), "--run-dir", str(run_dir)]) == 0
+
+
+def test_accuracy_by_objects_counts_each_scene_once_per_language(tmp_path):
+    from demo import dataset, world
+
+    data = tmp_path / "data"
+    assert make_data.main(["--out", str(data), "--num-train", "8", "--num-eval", "8", "--no-tokenizer", "--quiet"]) == 0
+    params = world.Params(**dataset.read_manifest(str(data))["params"])
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    wrong = None
+    for lang in ("english", "french"):
+        refs = [json.loads(line) for line in open(data / "eval" / lang / "answers.jsonl", encoding="utf-8")]
+        rows = [{"question_id": r["question_id"], "text": r["text"]} for r in refs]
+        if lang == "english":  # one wrong answer, and one question left unanswered
+            wrong, missing = refs[0], refs[1]
+            rows[0]["text"] = "no such answer"
+            rows = [r for r in rows if r["question_id"] != missing["question_id"]]
+        (answers / f"{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    expected: dict = {}
+    for r in refs:  # 8 questions a language, two languages answered
+        n = str(len(world.eval_scene(params, r["question_id"])[0].objs))
+        misses = sum(1 for m in (wrong, missing) if m["question_id"] == r["question_id"])
+        hits = expected.setdefault(r["category"], {}).setdefault(n, [])
+        hits += [1.0] * (2 - misses) + [0.0] * misses
+    got = demo.by_objects(demo.parse_args(["--data", str(data)]), str(answers))
+    assert got == {c: {n: sum(v) / len(v) for n, v in sorted(expected[c].items())} for c in world.CATEGORIES}
 
 
 def test_the_levers_reach_the_generator(monkeypatch):
