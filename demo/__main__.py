@@ -36,8 +36,8 @@ QUICK = {  # a few steps through the same code path (the test suite's reduced de
     "train": ["train.num_steps=3", "train.checkpoint.every_steps=2", "model.decoder.vocab_size=600",
               "data.seq_len=256"],
 }
-SAMPLES = (("english", 0), ("chinese", 1))
-BY_OBJECTS = "eval_by_objects.json"  # RUN_DIR's accuracy per category and number of objects  # (language folder, question index)
+SAMPLES = (("english", 0), ("chinese", 1))  # (language folder, question index)
+BY_OBJECTS = "eval_by_objects.json"  # RUN_DIR's accuracy per category and number of objects
 # the ViT patch per layout: on the grid a patch is one 32 px cell, one object; a free shape straddles
 # patches, so 16 px ones: the tower then reads a free shape at 99.0% on 96 px images (36 tokens an
 # image) and 91.3% on 64 px ones, a ceiling the VLM cannot pass (docs/demo_levers.md)

@@ -47,20 +47,21 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    summaries = {}
+    summaries, objects = {}, {}
     for seed in args.seeds:
         data, run_dir = draw_dirs(args.data, args.run_dir, seed, args.layout)
         print(f"\n=== draw seed {seed} ({args.layout}): {data}, {run_dir}", flush=True)
         demo.main(["--seed", str(seed), "--layout", args.layout, "--data", data, "--run-dir", run_dir])
         with open(os.path.join(run_dir, "eval_summary.json"), encoding="utf-8") as f:
             summaries[seed] = json.load(f)
+        if os.path.isfile(os.path.join(run_dir, demo.BY_OBJECTS)):
+            with open(os.path.join(run_dir, demo.BY_OBJECTS), encoding="utf-8") as f:
+                objects[seed] = json.load(f)
     for seed, summary in summaries.items():
         print(f"\n=== seed {seed} ({args.layout})")
         demo.print_table(summary)
-        objects = os.path.join(draw_dirs(args.data, args.run_dir, seed, args.layout)[1], demo.BY_OBJECTS)
-        if os.path.isfile(objects):
-            with open(objects, encoding="utf-8") as f:
-                demo.print_by_objects(json.load(f))
+        if seed in objects:
+            demo.print_by_objects(objects[seed])
     print()
     for seed, summary in summaries.items():
         lang, cat, acc = worst_cell(summary)

@@ -38,7 +38,6 @@ def test_accuracy_by_objects_counts_each_scene_once_per_language(tmp_path):
     params = world.Params(**dataset.read_manifest(str(data))["params"])
     answers = tmp_path / "answers"
     answers.mkdir()
-    wrong = None
     for lang in ("english", "french"):
         refs = [json.loads(line) for line in open(data / "eval" / lang / "answers.jsonl", encoding="utf-8")]
         rows = [{"question_id": r["question_id"], "text": r["text"]} for r in refs]
