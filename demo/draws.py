@@ -54,8 +54,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         demo.main(["--seed", str(seed), "--layout", args.layout, "--data", data, "--run-dir", run_dir])
         with open(os.path.join(run_dir, "eval_summary.json"), encoding="utf-8") as f:
             summaries[seed] = json.load(f)
-        if os.path.isfile(os.path.join(run_dir, demo.BY_OBJECTS)):
-            with open(os.path.join(run_dir, demo.BY_OBJECTS), encoding="utf-8") as f:
+        by_objects = os.path.join(run_dir, demo.BY_OBJECTS)
+        if os.path.isfile(by_objects):
+            with open(by_objects, encoding="utf-8") as f:
                 objects[seed] = json.load(f)
     for seed, summary in summaries.items():
         print(f"\n=== seed {seed} ({args.layout})")
