@@ -1,6 +1,6 @@
 """Stage 0 of the demo: the vision tower learns what the generator drew, before LLaVA's stages freeze it.
 
-    python -m demo.tower --data demo_data --out runs/demo/tower [--steps 1500] [--seed 0] [key=value ...]
+    python -m demo.tower --data demo_data --out runs/demo/tower [--steps 4000] [--seed 0] [key=value ...]
 
 LLaVA starts from a CLIP tower pretrained on web images; the demo has no hub, so it pretrains its own
 tower on the shape world's labels, supervised as an image classifier is. Every patch learns, through a
@@ -41,7 +41,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="model checkpoint folder to write")
     p.add_argument("--config", default=MODEL_CONFIG, help="model config (default configs/demo/model.yaml)")
     p.add_argument("--seed", type=int, default=0, help="init and batch order (default %(default)s)")
-    p.add_argument("--steps", type=int, default=1500, help="(default %(default)s)")
+    p.add_argument("--steps", type=int, default=4000, help="(default %(default)s; python -m demo's too)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default %(default)s)")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="peak AdamW learning rate (default %(default)s)")
     p.add_argument("--position-target", choices=POSITION_TARGETS, default="every-patch",
