@@ -3,13 +3,14 @@
     python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--image-size 96]
                    [--patch-size 32] [--no-align-positions]
                    [--position-weight 2] [--sft-turns several] [--align-scenes single] [--tower-steps 4000]
-                   [--position-target objects] [--objects-weights 1,2,3] [--quick]
+                   [--position-target objects] [--objects-weights 1,2,3] [--sft-rounds 1] [--quick]
 
 Generates the shape-world dataset and tokenizer (once; --seed and --layout are passed to
 demo.make_data, and --seed is the training seed too), pretrains the vision tower on the generator's
 labels (demo.tower, stage 0: LLaVA's CLIP is pretrained too), trains the two stages of
 configs/demo/recipe.yaml from it (align with `plain`, then SFT with `vicuna_v1`; each stage resumes
-or is skipped when done), evaluates the held-out questions in all 10 languages with infer.evaluate, prints
+or is skipped when done), adds up to --sft-rounds SFT rounds while SFT's training loss says a shape
+is not bound to its side (demo.more_sft), evaluates the held-out questions in all 10 languages with infer.evaluate, prints
 the per-language table and the accuracy per category and number of objects, samples two answers and
 writes RUN_DIR/eval_summary.json, RUN_DIR/eval_by_objects.json and RUN_DIR/loss_curve.png. Every
 step reuses what an earlier run finished.
@@ -26,7 +27,7 @@ import sys
 import time
 from typing import Optional
 
-from demo import dataset, language_scripts, languages, make_data, world
+from demo import dataset, language_scripts, languages, make_data, more_sft, world
 from demo.tower import POSITION_TARGETS
 
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "recipe.yaml")
@@ -78,11 +79,14 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     # off the empty cells around it, which fails with 2-3 objects (docs/demo_levers.md)
     p.add_argument("--position-target", choices=POSITION_TARGETS, default="objects",
                    help="patches whose row and column demo.tower trains (default %(default)s)")
+    p.add_argument("--sft-rounds", type=int, default=1,
+                   help="extra SFT rounds of 1,000 steps at most, each only while SFT's training loss says position "
+                        "is not bound (demo.more_sft); 0: none (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset (same code path; for tests)")
     p.add_argument("--eval-batch-size", type=int, default=40)
     args = p.parse_args(argv)
-    if args.tower_steps < 0:
-        p.error("--tower-steps must be >= 0")
+    if args.tower_steps < 0 or args.sft_rounds < 0:
+        p.error("--tower-steps and --sft-rounds must be >= 0")
     if args.patch_size is None:
         args.patch_size = PATCH_SIZE[args.layout]
     if args.patch_size < 1 or args.image_size % args.patch_size:
@@ -251,7 +255,8 @@ def loss_curve(run_dir: str) -> str:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     offset = 0
-    for stage in ("align", "sft"):
+    more = sorted(d for d in os.listdir(run_dir) if d.startswith("sft_more"))
+    for stage in ("align", "sft", *more):
         path = os.path.join(run_dir, stage, "metrics.jsonl")
         if not os.path.isfile(path):
             continue
@@ -278,6 +283,8 @@ def main(argv: Optional[list[str]] = None) -> int:
          "--image-size", str(args.image_size), *levers,
          *(QUICK["data"] if args.quick else [])])
     checkpoint = train(args, pretrain_tower(args))
+    checkpoint = more_sft.extra_rounds(run, args.run_dir, checkpoint, stage_overrides(args)[1], args.seed,
+                                       args.sft_rounds, quick=QUICK["train"] if args.quick else None)
     answers = evaluate(args, checkpoint)
     summary = summarize(args, answers)
     print_table(summary)
