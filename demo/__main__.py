@@ -28,9 +28,11 @@ import time
 from typing import Optional
 
 from demo import dataset, language_scripts, languages, make_data, more_sft, world
+from demo.dataset import read_jsonl
 from demo.tower import POSITION_TARGETS
 
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "recipe.yaml")
+SFT_CONFIG = os.path.join(os.path.dirname(RECIPE), "sft.yaml")
 QUICK = {  # a few steps through the same code path (the test suite's reduced demo)
     "data": ["--num-train", "64", "--num-eval", "4", "--vocab-size", "600"],
     "tower": ["--steps", "3", "model.decoder.vocab_size=600"],
@@ -152,7 +154,7 @@ def train(args, tower: Optional[str]) -> str:
     with open(recipe, "w", encoding="utf-8") as f:
         json.dump({"run_dir": args.run_dir, "stages": [
             {"name": "align", "config": os.path.join(here, "align.yaml"), "overrides": align + extra},
-            {"name": "sft", "config": os.path.join(here, "sft.yaml"), "overrides": sft + extra},
+            {"name": "sft", "config": SFT_CONFIG, "overrides": sft + extra},
         ]}, f, indent=1)
     run(["train.main", "--config", recipe])
     return os.path.join(args.run_dir, "sft", "final")
@@ -163,7 +165,7 @@ def chat_options() -> tuple[str, ...]:
     """infer's --template and --system as configs/demo/sft.yaml trains them."""
     from vlm_jax.config import Config, load
 
-    data = load(Config, os.path.join(os.path.dirname(RECIPE), "sft.yaml")).data
+    data = load(Config, SFT_CONFIG).data
     return ("--template", data.template, *(() if data.system is None else ("--system", data.system)))
 
 
@@ -174,11 +176,6 @@ def evaluate(args, checkpoint: str) -> str:
          *chat_options(), "--max-new-tokens", "16", "--batch-size", str(args.eval_batch_size),
          "--scorer", "none"])
     return answers
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def summarize(args, answers_dir: str) -> dict:
@@ -255,7 +252,8 @@ def loss_curve(run_dir: str) -> str:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     offset = 0
-    more = sorted(d for d in os.listdir(run_dir) if d.startswith("sft_more"))
+    more = sorted((d for d in os.listdir(run_dir) if d.startswith(more_sft.ROUND_DIR)),
+                  key=lambda d: int(d[len(more_sft.ROUND_DIR):]))
     for stage in ("align", "sft", *more):
         path = os.path.join(run_dir, stage, "metrics.jsonl")
         if not os.path.isfile(path):
@@ -283,8 +281,8 @@ def main(argv: Optional[list[str]] = None) -> int:
          "--image-size", str(args.image_size), *levers,
          *(QUICK["data"] if args.quick else [])])
     checkpoint = train(args, pretrain_tower(args))
-    checkpoint = more_sft.extra_rounds(run, args.run_dir, checkpoint, stage_overrides(args)[1], args.seed,
-                                       args.sft_rounds, quick=QUICK["train"] if args.quick else None)
+    checkpoint = more_sft.extra_rounds(run, SFT_CONFIG, args.run_dir, checkpoint, stage_overrides(args)[1],
+                                       args.seed, args.sft_rounds, quick=QUICK["train"] if args.quick else None)
     answers = evaluate(args, checkpoint)
     summary = summarize(args, answers)
     print_table(summary)

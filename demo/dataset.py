@@ -75,6 +75,11 @@ def dataset_hash(root: str, manifest: dict) -> str:
     return _combine(digests)
 
 
+def read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def read_manifest(root: str) -> Optional[dict]:
     try:
         with open(os.path.join(root, MANIFEST), encoding="utf-8") as f:

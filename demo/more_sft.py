@@ -8,11 +8,12 @@ draw 0 from 92.0 to 95.0% (docs/demo.md). A run that bound pays nothing.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Optional
 
-SFT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo", "sft.yaml")
+from demo.dataset import read_jsonl
+
+ROUND_DIR = "sft_more"  # RUN_DIR/sft_more1, sft_more2, ...
 WINDOW = 340  # steps: the last tenth of configs/demo/sft.yaml's 3,400
 BOUND_BELOW = 0.013  # the gap between 0.0122 and 0.0156
 ROUND = ["train.num_steps=1000", "train.optimizer.learning_rate=3.0e-4", "train.optimizer.warmup_steps=20"]
@@ -20,24 +21,28 @@ ROUND = ["train.num_steps=1000", "train.optimizer.learning_rate=3.0e-4", "train.
 
 def trailing_loss(metrics_path: str, window: int = WINDOW) -> Optional[float]:
     """Mean training loss of the last `window` steps in a stage's metrics.jsonl (None if it has none)."""
-    with open(metrics_path, encoding="utf-8") as f:
-        losses = [row["loss"] for row in map(json.loads, filter(str.strip, f)) if "loss" in row]
+    losses = [row["loss"] for row in read_jsonl(metrics_path) if "loss" in row]
     return sum(losses[-window:]) / len(losses[-window:]) if losses else None
 
 
-def extra_rounds(run: Callable[[list[str]], None], run_dir: str, checkpoint: str, sft_overrides: list[str],
-                 seed: int, rounds: int, threshold: float = BOUND_BELOW, quick: Optional[list[str]] = None) -> str:
-    """Up to `rounds` more SFT rounds (RUN_DIR/sft_more1, ...), each from the last final checkpoint, while
-    the last stage's trailing loss is above `threshold`. -> the checkpoint to evaluate."""
+def extra_rounds(run: Callable[[list[str]], None], config: str, run_dir: str, checkpoint: str,
+                 sft_overrides: list[str], seed: int, rounds: int, threshold: float = BOUND_BELOW,
+                 quick: Optional[list[str]] = None) -> str:
+    """Up to `rounds` more rounds of the SFT stage `config` (RUN_DIR/sft_more1, ...), each from the last
+    final checkpoint, while the last stage's trailing loss is above `threshold`. -> the checkpoint to
+    evaluate."""
     metrics = os.path.join(run_dir, "sft", "metrics.jsonl")
     for k in range(1, rounds + 1):
         loss = trailing_loss(metrics)
-        if loss is None or loss <= threshold:
-            print(f"\nSFT loss over its last {WINDOW} steps {loss}: bound, no extra round", flush=True)
+        if loss is None:
+            print(f"\n{metrics} records no loss: no extra round", flush=True)
             break
-        out = os.path.join(run_dir, f"sft_more{k}")
+        if loss <= threshold:
+            print(f"\nSFT loss over its last {WINDOW} steps {loss:.4f}: bound, no extra round", flush=True)
+            break
+        out = os.path.join(run_dir, f"{ROUND_DIR}{k}")
         print(f"\nSFT loss over its last {WINDOW} steps {loss:.4f} > {threshold}: extra round {k} in {out}", flush=True)
-        run(["train.main", "--config", SFT_CONFIG, *sft_overrides, f"run_dir={out}", f"train.init_from={checkpoint}",
+        run(["train.main", "--config", config, *sft_overrides, f"run_dir={out}", f"train.init_from={checkpoint}",
              f"seed={seed + 5 * k}", f"data.seed={seed + 5 * k}", *ROUND, *(quick or [])])
         checkpoint, metrics = os.path.join(out, "final"), os.path.join(out, "metrics.jsonl")
     return checkpoint

@@ -1,6 +1,7 @@
 """demo.more_sft: extra SFT rounds only while the trailing training loss is above the bar."""
 
 import json
+import os
 
 from demo import more_sft
 
@@ -21,7 +22,7 @@ def test_trailing_loss_is_the_mean_of_the_last_window(tmp_path):
 def test_a_bound_run_gets_no_round(tmp_path):
     write_metrics(tmp_path / "sft" / "metrics.jsonl", [0.012] * 400)
     calls = []
-    got = more_sft.extra_rounds(calls.append, str(tmp_path), "ckpt", ["seed=0"], seed=0, rounds=3)
+    got = more_sft.extra_rounds(calls.append, "sft.yaml", str(tmp_path), "ckpt", ["seed=0"], seed=0, rounds=3)
     assert got == "ckpt" and calls == []
 
 
@@ -31,12 +32,12 @@ def test_rounds_continue_from_the_last_checkpoint_until_the_loss_is_under_the_ba
 
     def run(cmd):  # round 1 stays unbound, round 2 binds
         calls.append(cmd)
-        out = cmd[cmd.index(next(c for c in cmd if c.startswith("run_dir=")))].split("=", 1)[1]
-        write_metrics(tmp_path / out.rsplit("/", 1)[1] / "metrics.jsonl", [0.016 if len(calls) == 1 else 0.011] * 400)
+        out = next(c for c in cmd if c.startswith("run_dir=")).split("=", 1)[1]
+        write_metrics(tmp_path / os.path.basename(out) / "metrics.jsonl", [0.016 if len(calls) == 1 else 0.011] * 400)
 
-    got = more_sft.extra_rounds(run, str(tmp_path), "ckpt", ["seed=2", "data.seed=2"], seed=2, rounds=3)
+    got = more_sft.extra_rounds(run, "sft.yaml", str(tmp_path), "ckpt", ["seed=2", "data.seed=2"], seed=2, rounds=3)
     assert len(calls) == 2 and got == str(tmp_path / "sft_more2" / "final")
     assert f"train.init_from=ckpt" in calls[0] and f"train.init_from={tmp_path}/sft_more1/final" in calls[1]
     for k, cmd in enumerate(calls, 1):  # a new data order each round; later overrides win over the stage's
-        assert cmd[:3] == ["train.main", "--config", more_sft.SFT_CONFIG]
+        assert cmd[:3] == ["train.main", "--config", "sft.yaml"]
         assert cmd.index(f"seed={2 + 5 * k}") > cmd.index("seed=2") and f"data.seed={2 + 5 * k}" in cmd
