@@ -116,9 +116,11 @@ def child_env() -> dict:
 
 def run(cmd: list[str]) -> None:
     print(f"\n$ {' '.join(cmd)}", flush=True)
+    t0 = time.time()
     code = subprocess.run([sys.executable, "-m", *cmd], env=child_env()).returncode
     if code:  # the step printed its own error: pass its exit code on (2: bad usage or a refused folder)
         raise SystemExit(code)
+    print(f"({cmd[0]}: {time.time() - t0:.0f}s)", flush=True)
 
 
 def stage_overrides(args) -> list[str]:
@@ -235,13 +237,16 @@ def print_table(summary: dict) -> None:
 
 
 def sample_answers(args, checkpoint: str) -> None:
-    """Two held-out questions, in English and in Chinese, answered by the trained model."""
-    for lang, index in SAMPLES:
-        q = read_jsonl(os.path.join(args.data, "eval", lang, "question.jsonl"))[index]
-        image = os.path.join(args.data, "eval", "images", q["image"])
-        print(f"\n[{lang}] {q['text']}  (image {image})")
-        run(["infer.sample", "--checkpoint", checkpoint, "--image", image, "--prompt", q["text"],
-             *chat_options(), "--max-new-tokens", "16"])
+    """Two held-out questions, in English and in Chinese, answered by the trained model (one
+    infer.sample batch: one model load and compile)."""
+    prompts = os.path.join(args.run_dir, "samples.jsonl")
+    with open(prompts, "w", encoding="utf-8") as f:
+        for lang, index in SAMPLES:
+            q = read_jsonl(os.path.join(args.data, "eval", lang, "question.jsonl"))[index]
+            f.write(json.dumps({"prompt": q["text"], "image": q["image"]}, ensure_ascii=False) + "\n")
+    print("\nsamples of the held-out questions (" + ", ".join(lang for lang, _ in SAMPLES) + ")")
+    run(["infer.sample", "--checkpoint", checkpoint, "--prompts", prompts,
+         "--image-folder", os.path.join(args.data, "eval", "images"), *chat_options(), "--max-new-tokens", "16"])
 
 
 def loss_curve(run_dir: str) -> str:
