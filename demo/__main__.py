@@ -239,6 +239,7 @@ def print_table(summary: dict) -> None:
 def sample_answers(args, checkpoint: str) -> None:
     """Two held-out questions, in English and in Chinese, answered by the trained model (one
     infer.sample batch: one model load and compile)."""
+    os.makedirs(args.run_dir, exist_ok=True)
     prompts = os.path.join(args.run_dir, "samples.jsonl")
     with open(prompts, "w", encoding="utf-8") as f:
         for lang, index in SAMPLES:
