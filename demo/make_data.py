@@ -28,6 +28,12 @@ def add_mix_arguments(p: argparse.ArgumentParser) -> None:
                    help="stage-1 captions of the one-object images only, or of every image (default %(default)s)")
     p.add_argument("--sft-turns", choices=world.SFT_TURNS, default=d.sft_turns,
                    help="questions per sft image: several (1-4) or one, as the held-out set asks (default %(default)s)")
+    p.add_argument("--position-questions", choices=world.POSITION_QUESTIONS, default=d.position_questions,
+                   help="position questions about 2-3 object images: any side an object is on, or only a side "
+                        "another object is opposite to (default %(default)s)")
+    p.add_argument("--contrast-questions", type=float, default=d.contrast_questions,
+                   help="share of 2-3 object sft conversations that end with a question about a side another object "
+                        "is opposite to (default %(default)s)")
     p.add_argument("--objects-weights", default=d.objects_weights, metavar="W1,W2,W3",
                    help="relative weights of training images with 1, 2 and 3 objects; the held-out set stays "
                         "uniform (default %(default)s)")
@@ -35,7 +41,8 @@ def add_mix_arguments(p: argparse.ArgumentParser) -> None:
 
 def mix_argv(args: argparse.Namespace) -> list[str]:
     """The command-line form of the options `add_mix_arguments` added."""
-    return ["--align-scenes", args.align_scenes, "--sft-turns", args.sft_turns, "--objects-weights", args.objects_weights]
+    return ["--align-scenes", args.align_scenes, "--sft-turns", args.sft_turns, "--objects-weights", args.objects_weights,
+            "--position-questions", args.position_questions, "--contrast-questions", str(args.contrast_questions)]
 
 
 def parse_args(argv=None):
@@ -69,7 +76,8 @@ def parse_args(argv=None):
                           num_eval=args.num_eval, image_size=args.image_size, layout=args.layout,
                           align_positions=args.align_positions, position_weight=args.position_weight,
                           align_scenes=args.align_scenes, sft_turns=args.sft_turns,
-                          objects_weights=args.objects_weights)
+                          objects_weights=args.objects_weights, position_questions=args.position_questions,
+                          contrast_questions=args.contrast_questions)
     try:
         params.validate()
     except ValueError as e:

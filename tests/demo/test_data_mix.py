@@ -1,6 +1,6 @@
 """The generator's data-mix options (demo.make_data --align-positions, --position-weight,
---align-scenes, --sft-turns, --objects-weights): what each changes in the records, and what it
-leaves alone."""
+--align-scenes, --sft-turns, --position-questions, --contrast-questions, --objects-weights): what
+each changes in the records, and what it leaves alone."""
 
 import collections
 import hashlib
@@ -9,7 +9,7 @@ import random
 import pytest
 
 from demo import world as S
-from demo.languages import LANGUAGES, pick
+from demo.languages import LANGUAGES
 from tests.helpers.demo_records import language_of as _lang
 
 
@@ -41,7 +41,7 @@ def test_position_weight_asks_more_position_questions():
         asked = position = 0
         for i in range(600):
             rng = random.Random(i)
-            scene, lang = S.random_scene(rng), LANGUAGES[pick(rng, list(LANGUAGES))]
+            scene, lang = S.random_scene(rng), LANGUAGES["en"]  # side_token 1: the weight as given
             conv = S.sft_conversation(scene, lang, rng, position_weight=weight)
             answers = [t["value"] for t in conv[1::2]]
             asked += len(answers)
@@ -50,6 +50,76 @@ def test_position_weight_asks_more_position_questions():
 
     default, heavy = position_share(1), position_share(4)
     assert 0.1 < default < 0.25 and heavy > 2 * default, (default, heavy)
+
+
+def test_languages_that_tell_the_sides_apart_later_ask_more_position_questions():
+    def position_share(code):
+        lang, asked, position = LANGUAGES[code], 0, 0
+        for i in range(1500):
+            rng = random.Random(i)
+            answers = [t["value"] for t in S.sft_conversation(S.random_scene(rng), lang, rng, position_weight=2)[1::2]]
+            asked += len(answers)
+            position += sum(a in lang.sides for a in answers)
+        return position / asked
+
+    assert [LANGUAGES[c].side_token for c in ("en", "fr", "es")] == [1, 2, 3]
+    en, fr, es = position_share("en"), position_share("fr"), position_share("es")
+    assert en * 1.15 < fr and fr * 1.1 < es, (en, fr, es)
+
+
+def _contrast_sides_of(scene, k) -> list[int]:
+    """The sides of object k with another object in the opposite column (left/right) or row (top/bottom)."""
+    me = scene.objs[k]
+    others = [o for j, o in enumerate(scene.objs) if j != k]
+    opposite = {0: any(o.col == 2 for o in others), 1: any(o.col == 0 for o in others),
+                2: any(o.row == 2 for o in others), 3: any(o.row == 0 for o in others)}
+    return [s for s in _sides_of(me) if opposite[s]]
+
+
+def test_contrast_sides_are_the_sides_another_object_is_opposite_to():
+    seen = 0
+    for i in range(400):
+        scene = S.random_scene(random.Random(i))
+        for k in range(len(scene.objs)):
+            assert scene.contrast_sides(k) == _contrast_sides_of(scene, k), (scene, k)
+            seen += bool(scene.contrast_sides(k))
+    assert seen > 100
+
+
+def test_position_questions_contrast_asks_only_sides_another_object_is_opposite_to():
+    lang, asked = LANGUAGES["en"], 0
+    for i in range(600):
+        rng = random.Random(i)
+        scene = S.random_scene(rng)
+        conv = S.sft_conversation(scene, lang, rng, position_weight=2, position_questions="contrast")
+        for q, a in zip(conv[0::2], conv[1::2]):
+            if a["value"] not in lang.sides or len(scene.objs) == 1:
+                continue
+            side = lang.sides.index(a["value"])
+            k = next(k for k, o in enumerate(scene.objs) if lang.shapes[o.shape] in q["value"])
+            assert side in _contrast_sides_of(scene, k), (q, a, scene)
+            asked += 1
+    assert asked > 50
+
+
+def test_contrast_questions_end_multi_object_conversations_with_an_opposite_side_question():
+    lang, added = LANGUAGES["en"], 0
+    for i in range(600):
+        scene = S.random_scene(random.Random(i))
+        plain = S.sft_conversation(scene, lang, random.Random(i), position_weight=2)
+        more = S.sft_conversation(scene, lang, random.Random(i), position_weight=2, contrast_questions=1.0)
+        if len(scene.objs) == 1:
+            assert more == plain
+            continue
+        assert more[:len(plain)] == plain and len(more) - len(plain) in (0, 2), (plain, more)
+        if len(more) > len(plain):
+            q, a = more[-2]["value"], more[-1]["value"]
+            k = next(k for k, o in enumerate(scene.objs) if lang.shapes[o.shape] in q)
+            assert lang.sides.index(a) in _contrast_sides_of(scene, k), (q, a, scene)
+            assert all(lang.shapes[scene.objs[k].shape] not in t["value"] or u["value"] not in lang.sides
+                       for t, u in zip(plain[0::2], plain[1::2]))  # that object's side was not asked already
+            added += 1
+    assert added > 100
 
 
 def test_align_all_scenes_captions_every_image_one_sentence_per_object_with_its_sides():
