@@ -3,8 +3,7 @@
     python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--image-size 96]
                    [--patch-size 32] [--no-align-positions]
                    [--position-weight 2] [--sft-turns several] [--align-scenes single] [--tower-steps 4000]
-                   [--position-target objects] [--objects-weights 1,2,3] [--contrast-questions 1.0]
-                   [--sft-rounds 1] [--quick]
+                   [--position-target objects] [--objects-weights 1,2,3] [--sft-rounds 1] [--quick]
 
 Generates the shape-world dataset and tokenizer (once; --seed and --layout are passed to
 demo.make_data, and --seed is the training seed too), pretrains the vision tower on the generator's
@@ -73,10 +72,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     make_data.add_mix_arguments(p)
     # twice and three times as many 2- and 3-object training images as 1-object ones: binding a shape to
     # its colour and side is learned on those (seed 0: worst cell 85% -> 95.5%; docs/demo.md)
-    # and every 2-3 object conversation ends with a question about a side another object is opposite
-    # to: all position misses were those (the look-up by shape); with one extra round it bound draw 2,
-    # which SFT alone left at 65.7% on them (eleventh session, docs/demo.md)
-    p.set_defaults(objects_weights="1,2,3", contrast_questions=1.0)
+    p.set_defaults(objects_weights="1,2,3")
     # 4,000, not 1,500: the worst cells of draws 0 / 1 / 2 go from 95.5 / 94.5 / 81% to
     # 99.5 / 98.5 / 94.5% (a shape bound to its side); 5,000 left draw 2 at 93% (docs/demo.md)
     p.add_argument("--tower-steps", type=int, default=4000,

@@ -79,8 +79,6 @@ def test_the_levers_reach_the_generator(monkeypatch):
     assert calls[0][calls[0].index("--seed") + 1] == "2"
     assert calls[0][calls[0].index("--objects-weights") + 1] == "1,2,3"  # the demo's default, not the generator's
     assert make_data.parse_args(["--out", "d"])[0].objects_weights == "1,1,1"
-    assert calls[0][calls[0].index("--contrast-questions") + 1] == "1.0"  # the demo's default again
-    assert make_data.parse_args(["--out", "d"])[0].contrast_questions == 0.0
 
 
 def test_stage_one_starts_from_the_pretrained_tower(monkeypatch, tmp_path):
