@@ -105,13 +105,11 @@ def train_tower(cfg, images: np.ndarray, labels: dict, args, progress=None):
     from vlm_jax.optim import lr_schedule
 
     v = cfg.vision
-    tower = VisionTower(v, unroll_layers=not cfg.scan_layers)
+    tower = VisionTower(v)
     grid = v.image_size // v.patch_size
     width = 1 + sum(HEADS.values()) + 2 * grid
     k_tower, k_head = jax.random.split(jax.random.key(args.seed))
-    # jitted: run eagerly, init compiles each of its ~70 ops on its own (several seconds on 2 cores)
-    init = jax.jit(tower.init)
-    params = {"tower": nn.unbox(init(k_tower, jnp.zeros((1, v.image_size, v.image_size, 3)))["params"]),
+    params = {"tower": nn.unbox(tower.init(k_tower, jnp.zeros((1, v.image_size, v.image_size, 3)))["params"]),
               "head": {"kernel": jax.random.normal(k_head, (v.hidden_size, width)) * 0.02, "bias": jnp.zeros(width)}}
     warmup = min(100, args.steps // 10 + 1)
     schedule = lr_schedule(args.learning_rate, OptimizerConfig(warmup_steps=warmup, min_lr_ratio=0.05), args.steps)
@@ -228,7 +226,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     acc = readout_accuracy(trained, predict, eval_images, eval_labels, grid, args.every_patch)
     print("held-out read-out: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
           + f" ({len(eval_images)} images, {time.time() - t0:.0f}s)")
-    params = jax.jit(VLM(cfg).init_params)(jax.random.key(args.seed))
+    params = VLM(cfg).init_params(jax.random.key(args.seed))
     params = {**params, "vision_tower": trained["tower"]}
     tokenizer = os.path.join(args.data, "tokenizer")
     ckpt_lib.save_model_checkpoint(args.out, params, cfg, tokenizer if os.path.isdir(tokenizer) else None,

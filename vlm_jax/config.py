@@ -141,8 +141,6 @@ class ModelConfig:
     image_token_id: int = IMAGE_MARKER
     dtype: str = "float32"  # compute dtype (bfloat16 on accelerators)
     param_dtype: str = "float32"
-    # decoder layers under nn.scan (false: a param tree per layer); false also unrolls the vision tower's
-    # layer loop, whose params stay stacked
     scan_layers: bool = True
     remat_policy: str = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
     # xla (reference einsum) | dot_product (jax.nn.dot_product_attention) | blocked (causal block skipping)

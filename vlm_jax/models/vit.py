@@ -103,9 +103,6 @@ class VisionTower(nn.Module):
     remat_policy: str = "none"
     attention_impl: str = "xla"
     attention_blocks: Optional[AttentionBlocks] = None
-    # the layer loop unrolled (params stay stacked on the `layers` axis, as checkpoints hold them):
-    # faster on XLA:CPU for a few small layers (the demo's tower step 10% faster), compile time grows
-    unroll_layers: bool = False
 
     @nn.compact
     def __call__(self, pixels: jax.Array) -> jax.Array:
@@ -139,7 +136,6 @@ class VisionTower(nn.Module):
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
                 length=n_layers,
-                unroll=n_layers if self.unroll_layers else 1,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(c, name="layers", attention_impl=self.attention_impl, attention_blocks=self.attention_blocks,
               **kw)(x, None)

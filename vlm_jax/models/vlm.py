@@ -37,8 +37,7 @@ class VLM(nn.Module):
     def setup(self):
         c = self.cfg
         dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        self.vision_tower = VisionTower(c.vision, dt, pdt, c.remat_policy, c.attention, c.attention_blocks,
-                                        unroll_layers=not c.scan_layers)
+        self.vision_tower = VisionTower(c.vision, dt, pdt, c.remat_policy, c.attention, c.attention_blocks)
         self.projector = projectors.build_projector(c, dt, pdt, name="projector")
         self.decoder = Decoder(c.decoder, dt, pdt, c.scan_layers, c.remat_policy, c.attention, c.attention_blocks,
                                c.lora)
