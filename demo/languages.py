@@ -42,12 +42,6 @@ class Language:
     shapes: tuple = ()  # dictionary forms; the shape answers
     numbers: tuple = ()  # answers to "how many shapes?" for 1, 2, 3
     sides: tuple = ()  # answers for left, right, top, bottom
-    # The answer token at which "left" and "right" part with the demo's tokenizer: 1 where the side
-    # is the first word; 2 after a shared word (fr "à", ar "على") or SentencePiece's lone "▁" piece
-    # that opens every zh/ja answer; 3 in Spanish ("a la izquierda"). Binding a shape to its side is
-    # learned latest where it is decided latest (docs/demo.md), so those languages get more position
-    # questions (world._object_question).
-    side_token: int = 1
     describe_prompts: tuple = ()
     world: tuple = ()  # (question, answer), aligned with WORLD_COLORS
     riddles: tuple = ()  # questions, aligned with RIDDLE_SHAPES
@@ -147,7 +141,6 @@ class Chinese(Language):
     shapes = ("圆形", "正方形", "三角形", "星形")
     numbers = ("一个", "两个", "三个")
     sides = ("左边", "右边", "上面", "下面")
-    side_token = 2
     describe_prompts = ("请简单描述这张图片。", "图片里有什么？")
     world = (("大海是什么颜色的？", "蓝色"), ("草是什么颜色的？", "绿色"), ("熟透的香蕉是什么颜色的？", "黄色"),
              ("熟透的西红柿是什么颜色的？", "红色"), ("橙子是什么颜色的？", "橙色"), ("茄子是什么颜色的？", "紫色"))
@@ -172,7 +165,6 @@ class French(Language):
     feminine = (False, False, False, True)
     numbers = ("une", "deux", "trois")  # "forme" is feminine
     sides = ("à gauche", "à droite", "en haut", "en bas")
-    side_token = 2
     describe_prompts = ("Décris brièvement l'image.", "Qu'y a-t-il sur l'image ?")
     world = (("De quelle couleur est la mer ?", "bleue"), ("De quelle couleur est l'herbe ?", "verte"),
              ("De quelle couleur est une banane mûre ?", "jaune"), ("De quelle couleur est une tomate mûre ?", "rouge"),
@@ -211,7 +203,6 @@ class Spanish(Language):
     feminine = (False, False, False, True)
     numbers = ("una", "dos", "tres")  # "figura" is feminine
     sides = ("a la izquierda", "a la derecha", "arriba", "abajo")
-    side_token = 3
     describe_prompts = ("Describe brevemente la imagen.", "¿Qué hay en la imagen?")
     world = (("¿De qué color es el mar?", "azul"), ("¿De qué color es la hierba?", "verde"),
              ("¿De qué color es un plátano maduro?", "amarillo"), ("¿De qué color es un tomate maduro?", "rojo"),
@@ -284,7 +275,6 @@ class Japanese(Language):
     shapes = ("円", "正方形", "三角形", "星")
     numbers = ("一つ", "二つ", "三つ")
     sides = ("左", "右", "上", "下")
-    side_token = 2
     describe_prompts = ("画像を簡単に説明してください。", "画像には何がありますか？")
     world = (("海は何色ですか？", "青"), ("草は何色ですか？", "緑"), ("熟したバナナは何色ですか？", "黄色"),
              ("熟したトマトは何色ですか？", "赤"), ("オレンジは何色ですか？", "オレンジ"), ("なすは何色ですか？", "紫"))
@@ -313,7 +303,6 @@ class Arabic(Language):
     feminine = (True, False, False, True)
     numbers = ("واحد", "اثنان", "ثلاثة")  # counting "شكل" (masculine)
     sides = ("على اليسار", "على اليمين", "في الأعلى", "في الأسفل")
-    side_token = 2
     describe_prompts = ("صف الصورة باختصار.", "ماذا يوجد في الصورة؟")
     world = (("ما لون البحر؟", "أزرق"), ("ما لون العشب؟", "أخضر"), ("ما لون الموز الناضج؟", "أصفر"),
              ("ما لون الطماطم الناضجة؟", "أحمر"), ("ما لون البرتقال؟", "برتقالي"), ("ما لون الباذنجان؟", "بنفسجي"))

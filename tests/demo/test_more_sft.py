@@ -19,21 +19,24 @@ def test_trailing_loss_is_the_mean_of_the_last_window(tmp_path):
     assert more_sft.trailing_loss(str(tmp_path / "empty.jsonl")) is None
 
 
+BAR = more_sft.BOUND_BELOW
+
+
 def test_a_bound_run_gets_no_round(tmp_path):
-    write_metrics(tmp_path / "sft" / "metrics.jsonl", [0.012] * 400)
+    write_metrics(tmp_path / "sft" / "metrics.jsonl", [0.9 * BAR] * 400)
     calls = []
     got = more_sft.extra_rounds(calls.append, "sft.yaml", str(tmp_path), "ckpt", ["seed=0"], seed=0, rounds=3)
     assert got == "ckpt" and calls == []
 
 
 def test_rounds_continue_from_the_last_checkpoint_until_the_loss_is_under_the_bar(tmp_path):
-    write_metrics(tmp_path / "sft" / "metrics.jsonl", [0.02] * 400)
+    write_metrics(tmp_path / "sft" / "metrics.jsonl", [1.5 * BAR] * 400)
     calls = []
 
     def run(cmd):  # round 1 stays unbound, round 2 binds
         calls.append(cmd)
         out = next(c for c in cmd if c.startswith("run_dir=")).split("=", 1)[1]
-        write_metrics(tmp_path / os.path.basename(out) / "metrics.jsonl", [0.016 if len(calls) == 1 else 0.011] * 400)
+        write_metrics(tmp_path / os.path.basename(out) / "metrics.jsonl", [1.2 * BAR if len(calls) == 1 else 0.9 * BAR] * 400)
 
     got = more_sft.extra_rounds(run, "sft.yaml", str(tmp_path), "ckpt", ["seed=2", "data.seed=2"], seed=2, rounds=3)
     assert len(calls) == 2 and got == str(tmp_path / "sft_more2" / "final")

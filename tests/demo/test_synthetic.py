@@ -271,22 +271,6 @@ def test_tokenizer_round_trips_every_language(data, tokenizer_dir):
         assert sp.decode(sp.encode(odd)) == odd  # byte fallback: unseen characters survive
 
 
-def test_side_token_is_where_the_tokenizer_parts_left_from_right(tmp_path):
-    """languages.Language.side_token (which sets how many more position questions a language gets)
-    is the answer token at which a tokenizer trained as the demo's is (make_data's 3,000 pieces;
-    the module's 800-piece one splits even "left") tells "left" from "right"."""
-    import sentencepiece as spm
-
-    F.write_dataset(str(tmp_path), S.Params(seed=4, num_train=2000, num_eval=0))
-    out, _ = train_tokenizer.build_tokenizer([str(tmp_path / "align.json"), str(tmp_path / "sft.json")],
-                                             str(tmp_path / "tokenizer"), 3000, split_words=tokenizer_split_words())
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
-    for lang in LANGUAGES.values():
-        left, right = (sp.encode(side) for side in lang.sides[:2])  # "▁"-led, as after "ASSISTANT:"
-        parts_at = next(i for i, (a, b) in enumerate(zip(left, right)) if a != b) + 1
-        assert parts_at == lang.side_token, (lang.code, sp.id_to_piece(left), sp.id_to_piece(right))
-
-
 def test_tokenizer_loads_with_autotokenizer_and_matches_sentencepiece(data, tokenizer_dir):
     from transformers import AutoTokenizer
 
