@@ -22,11 +22,19 @@ def test_trailing_loss_is_the_mean_of_the_last_window(tmp_path):
 BAR = more_sft.BOUND_BELOW
 
 
-def test_a_bound_run_gets_no_round(tmp_path):
+def test_a_bound_run_gets_no_round_unless_the_first_always_runs(tmp_path):
     write_metrics(tmp_path / "sft" / "metrics.jsonl", [0.9 * BAR] * 400)
     calls = []
-    got = more_sft.extra_rounds(calls.append, "sft.yaml", str(tmp_path), "ckpt", ["seed=0"], seed=0, rounds=3)
+    got = more_sft.extra_rounds(calls.append, "sft.yaml", str(tmp_path), "ckpt", ["seed=0"], seed=0, rounds=3,
+                                first_always=False)
     assert got == "ckpt" and calls == []
+
+    def run(cmd):  # the first round's own loss is under the bar: no second
+        calls.append(cmd)
+        write_metrics(tmp_path / "sft_more1" / "metrics.jsonl", [0.9 * BAR] * 400)
+
+    got = more_sft.extra_rounds(run, "sft.yaml", str(tmp_path), "ckpt", ["seed=0"], seed=0, rounds=3)
+    assert len(calls) == 1 and got == str(tmp_path / "sft_more1" / "final")
 
 
 def test_rounds_continue_from_the_last_checkpoint_until_the_loss_is_under_the_bar(tmp_path):
