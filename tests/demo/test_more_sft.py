@@ -1,4 +1,5 @@
-"""demo.more_sft: extra SFT rounds only while the trailing training loss is above the bar."""
+"""demo.more_sft: the first `always` extra SFT rounds on every run, later ones only while the trailing
+training loss is above the bar."""
 
 import json
 import os
@@ -22,19 +23,24 @@ def test_trailing_loss_is_the_mean_of_the_last_window(tmp_path):
 BAR = more_sft.BOUND_BELOW
 
 
-def test_a_bound_run_gets_no_round_unless_the_first_always_runs(tmp_path):
+def test_a_bound_run_gets_only_the_rounds_that_always_run(tmp_path):
     write_metrics(tmp_path / "sft" / "metrics.jsonl", [0.9 * BAR] * 400)
     calls = []
     got = more_sft.extra_rounds(calls.append, "sft.yaml", str(tmp_path), "ckpt", ["seed=0"], seed=0, rounds=3,
-                                first_always=False)
+                                always=0)
     assert got == "ckpt" and calls == []
 
-    def run(cmd):  # the first round's own loss is under the bar: no second
+    def run(cmd):  # every round's own loss is under the bar: only the `always` ones run
         calls.append(cmd)
-        write_metrics(tmp_path / "sft_more1" / "metrics.jsonl", [0.9 * BAR] * 400)
+        out = next(c for c in cmd if c.startswith("run_dir=")).split("=", 1)[1]
+        write_metrics(tmp_path / os.path.basename(out) / "metrics.jsonl", [0.9 * BAR] * 400)
 
-    got = more_sft.extra_rounds(run, "sft.yaml", str(tmp_path), "ckpt", ["seed=0"], seed=0, rounds=3)
-    assert len(calls) == 1 and got == str(tmp_path / "sft_more1" / "final")
+    for always in (1, 2):
+        calls.clear()
+        got = more_sft.extra_rounds(run, "sft.yaml", str(tmp_path), "ckpt", ["seed=0"], seed=0, rounds=3,
+                                    always=always)
+        assert len(calls) == always and got == str(tmp_path / f"sft_more{always}" / "final")
+    assert more_sft.ALWAYS >= 1  # the default runs at least one round on every draw
 
 
 def test_rounds_continue_from_the_last_checkpoint_until_the_loss_is_under_the_bar(tmp_path):
@@ -46,7 +52,8 @@ def test_rounds_continue_from_the_last_checkpoint_until_the_loss_is_under_the_ba
         out = next(c for c in cmd if c.startswith("run_dir=")).split("=", 1)[1]
         write_metrics(tmp_path / os.path.basename(out) / "metrics.jsonl", [1.2 * BAR if len(calls) == 1 else 0.9 * BAR] * 400)
 
-    got = more_sft.extra_rounds(run, "sft.yaml", str(tmp_path), "ckpt", ["seed=2", "data.seed=2"], seed=2, rounds=3)
+    got = more_sft.extra_rounds(run, "sft.yaml", str(tmp_path), "ckpt", ["seed=2", "data.seed=2"], seed=2, rounds=3,
+                                always=1)
     assert len(calls) == 2 and got == str(tmp_path / "sft_more2" / "final")
     assert f"train.init_from=ckpt" in calls[0] and f"train.init_from={tmp_path}/sft_more1/final" in calls[1]
     for k, cmd in enumerate(calls, 1):  # a new data order each round; later overrides win over the stage's
