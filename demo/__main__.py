@@ -3,14 +3,14 @@
     python -m demo [--data demo_data] [--run-dir runs/demo] [--seed 0] [--layout grid] [--image-size 96]
                    [--patch-size 32] [--no-align-positions]
                    [--position-weight 2] [--sft-turns several] [--align-scenes single] [--tower-steps 4000]
-                   [--position-target objects] [--objects-weights 1,2,3] [--sft-rounds 3] [--quick]
+                   [--position-target objects] [--objects-weights 1,2,3] [--sft-rounds 2] [--quick]
 
 Generates the shape-world dataset and tokenizer (once; --seed and --layout are passed to
 demo.make_data, and --seed is the training seed too), pretrains the vision tower on the generator's
 labels (demo.tower, stage 0: LLaVA's CLIP is pretrained too), trains the two stages of
 configs/demo/recipe.yaml from it (align with `plain`, then SFT with `vicuna_v1`; each stage resumes
-or is skipped when done), adds --sft-rounds SFT rounds (the first three always, later ones while the
-training loss says a shape is not bound to its side: demo.more_sft), evaluates the held-out questions in all 10 languages with infer.evaluate, prints
+or is skipped when done), adds --sft-rounds SFT rounds (warm restarts of SFT's schedule that bind a shape to its side on
+every draw measured: demo.more_sft), evaluates the held-out questions in all 10 languages with infer.evaluate, prints
 the per-language table and the accuracy per category and number of objects, samples two answers and
 writes RUN_DIR/eval_summary.json, RUN_DIR/eval_by_objects.json and RUN_DIR/loss_curve.png. Every
 step reuses what an earlier run finished.
@@ -81,10 +81,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     # off the empty cells around it, which fails with 2-3 objects (docs/demo_levers.md)
     p.add_argument("--position-target", choices=POSITION_TARGETS, default="objects",
                    help="patches whose row and column demo.tower trains (default %(default)s)")
-    # 3: draws 0-2 worst cells 95.0 / 99.5 / 93.5% after one round, 98.0 / 98.5 / 95.5% after three (docs/demo.md)
-    p.add_argument("--sft-rounds", type=int, default=more_sft.ALWAYS,
-                   help=f"extra SFT rounds of 1,000 steps: the first {more_sft.ALWAYS} always, each later one only "
-                        "while the training loss says position is not bound (demo.more_sft); 0: none (default %(default)s)")
+    p.add_argument("--sft-rounds", type=int, default=more_sft.ROUNDS,
+                   help="extra SFT rounds of 1,000 steps, each a warm restart of SFT's schedule in a new data order "
+                        "(demo.more_sft); 0: none (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps on a tiny dataset (same code path; for tests)")
     p.add_argument("--eval-batch-size", type=int, default=40)
     args = p.parse_args(argv)
