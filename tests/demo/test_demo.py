@@ -12,7 +12,7 @@ from demo import make_data
 
 def test_quick_demo_runs_end_to_end(tmp_path):
     data, run_dir = tmp_path / "data", tmp_path / "run"
-    # one extra round, not the default's three: the same code path, two subprocesses less
+    # one extra round, not the default's two: the same code path, one subprocess less
     quick = ["--quick", "--sft-rounds", "1", "--data", str(data), "--run-dir", str(run_dir)]
     assert demo.main(quick) == 0
     summary = json.loads((run_dir / "eval_summary.json").read_text(encoding="utf-8"))
