@@ -88,11 +88,18 @@ def read_manifest(root: str) -> Optional[dict]:
         return None
 
 
+def recorded_params(manifest: dict) -> dict:
+    """The manifest's params, with fields added to Params since it was written at today's defaults:
+    a new field whose default changes the bytes comes with a new GENERATOR_VERSION, so one that did
+    not leaves a dataset written before it as it is."""
+    return {**dataclasses.asdict(Params()), **manifest.get("params", {})}
+
+
 def is_complete(root: str, params: Params, verify: bool = False) -> bool:
     """True if `root` holds a finished dataset made by this generator version with `params`.
     Without `verify` only file presence is checked; with it, the content hash too."""
     m = read_manifest(root)
-    if not m or m.get("generator_version") != GENERATOR_VERSION or m.get("params") != dataclasses.asdict(params):
+    if not m or m.get("generator_version") != GENERATOR_VERSION or recorded_params(m) != dataclasses.asdict(params):
         return False
     if not all(os.path.isfile(os.path.join(root, rel)) for rel in dataset_files(root, m)):
         return False

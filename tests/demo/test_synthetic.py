@@ -82,6 +82,23 @@ def test_reuse_and_verification(tmp_path):
     assert not F.is_complete(root, params)
 
 
+def test_a_manifest_written_before_a_params_field_existed_is_still_complete(tmp_path):
+    root, params = str(tmp_path), S.Params(seed=1, num_train=12, num_eval=4)
+    F.write_dataset(root, params)
+    path = os.path.join(root, F.MANIFEST)
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    del manifest["params"]["contrast_questions"]  # a field added after this dataset was written
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+    assert F.is_complete(root, params, verify=True)
+    assert not F.is_complete(root, S.Params(seed=1, num_train=12, num_eval=4, contrast_questions=0.5))
+    manifest["params"]["seed"] = 2  # a recorded field that differs still counts
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+    assert not F.is_complete(root, params)
+
+
 def test_llava_json(data):
     root, manifest = data
     ids = set()
