@@ -1,7 +1,7 @@
 """Extra SFT rounds: warm restarts of SFT's schedule, each from the last round's final checkpoint.
 
-A round is 1,000 more steps in a new data order, its learning rate warmed back up to SFT's peak
-(1e-3) and annealed again. What fails after SFT alone on some draws is binding a shape to its side
+A round is 1,000 more steps in a new data order, its learning rate warmed back up to SFT's own peak
+(configs/demo/sft.yaml's, 1e-3: the round keeps the stage's learning rate) and annealed again. What fails after SFT alone on some draws is binding a shape to its side
 when another object is on the opposite side; rounds at SFT's peak bind it on every draw measured,
 where rounds at 3e-4 only lifted it. On the twelfth session's AVX-512 machine the worst cells of
 draws 0 / 1 / 2 after SFT and 1 / 2 / 3 rounds (docs/demo.md):
@@ -24,7 +24,7 @@ from demo.dataset import read_jsonl
 ROUND_DIR = "sft_more"  # RUN_DIR/sft_more1, sft_more2, ...
 WINDOW = 340  # steps: the last tenth of configs/demo/sft.yaml's 3,400
 ROUNDS = 2  # the default: worst cells 99.0 / 99.5 / 99.0% on draws 0 / 1 / 2 (the table above)
-ROUND = ["train.num_steps=1000", "train.optimizer.learning_rate=1.0e-3", "train.optimizer.warmup_steps=20"]
+ROUND = ["train.num_steps=1000", "train.optimizer.warmup_steps=20"]  # at the stage's own peak learning rate
 
 
 def trailing_loss(metrics_path: str, window: int = WINDOW) -> Optional[float]:
